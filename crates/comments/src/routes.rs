@@ -1,0 +1,53 @@
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use blog_events::{CommentCreated, Envelope, Event, Status};
+use blog_kit::ApiError;
+use blog_kit::error::JsonBody;
+use blog_storage::Db;
+
+use crate::store::{self, Comment};
+use crate::{CommentContent, PostId};
+
+pub fn router(db: Arc<Db>) -> Router {
+    Router::new()
+        .route("/posts/{id}/comments", get(list).post(create))
+        .with_state(db)
+}
+
+fn post_id(raw: &str) -> Result<PostId, ApiError> {
+    PostId::parse(raw).map_err(|e| ApiError::Invalid(vec![e]))
+}
+
+/// `POST /posts/:id/comments {"content"}` → 201 with all of the post's
+/// comments, the new one pending. The comment and its `CommentCreated`
+/// commit together.
+async fn create(
+    State(db): State<Arc<Db>>,
+    Path(raw_post_id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<Vec<Comment>>), ApiError> {
+    let post_id = post_id(&raw_post_id)?;
+    let content = CommentContent::from_body(&body).map_err(|e| ApiError::Invalid(vec![e]))?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let event = Envelope::new(Event::CommentCreated(CommentCreated {
+        id: id.clone(),
+        content: content.as_str().to_owned(),
+        post_id: post_id.as_str().to_owned(),
+        status: Status::Pending,
+    }));
+    let comments = store::create(&db, &id, post_id.as_str(), content.as_str(), &event).await?;
+    Ok((StatusCode::CREATED, Json(comments)))
+}
+
+/// `GET /posts/:id/comments` → the post's comments, `[]` when none.
+async fn list(
+    State(db): State<Arc<Db>>,
+    Path(raw_post_id): Path<String>,
+) -> Result<Json<Vec<Comment>>, ApiError> {
+    let post_id = post_id(&raw_post_id)?;
+    Ok(Json(store::list(&db, post_id.as_str()).await?))
+}

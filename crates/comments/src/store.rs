@@ -1,0 +1,98 @@
+use blog_events::{Envelope, Status};
+use blog_storage::{AnyRow, Db, Row, StorageError, Tx, outbox};
+use serde::Serialize;
+
+/// A comment as the course API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Comment {
+    pub id: String,
+    pub content: String,
+    pub status: Status,
+}
+
+/// A comment with the post it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredComment {
+    pub post_id: String,
+    pub content: String,
+    pub status: Status,
+}
+
+fn status(row: &AnyRow) -> Result<Status, sqlx::Error> {
+    let raw: String = row.try_get("status")?;
+    Status::parse(&raw).ok_or_else(|| sqlx::Error::Decode(format!("unknown status {raw:?}").into()))
+}
+
+/// Stores a new pending comment and queues its event; returns all of the
+/// post's comments as committed.
+pub async fn create(
+    db: &Db,
+    id: &str,
+    post_id: &str,
+    content: &str,
+    event: &Envelope,
+) -> Result<Vec<Comment>, StorageError> {
+    let mut tx = db.begin().await?;
+    sqlx::query("INSERT INTO comments (id, post_id, content, status) VALUES ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(post_id)
+        .bind(content)
+        .bind(Status::Pending.as_str())
+        .execute(&mut *tx)
+        .await?;
+    outbox::push(&mut tx, event).await?;
+    let comments = of_post(&mut tx, post_id).await?;
+    db.commit(tx, true).await?;
+    Ok(comments)
+}
+
+async fn of_post(tx: &mut Tx, post_id: &str) -> Result<Vec<Comment>, StorageError> {
+    let rows =
+        sqlx::query("SELECT id, content, status FROM comments WHERE post_id = $1 ORDER BY pos")
+            .bind(post_id)
+            .fetch_all(&mut **tx)
+            .await?;
+    rows.iter().map(to_comment).collect()
+}
+
+fn to_comment(row: &AnyRow) -> Result<Comment, StorageError> {
+    Ok(Comment {
+        id: row.try_get("id")?,
+        content: row.try_get("content")?,
+        status: status(row)?,
+    })
+}
+
+/// The post's comments in creation order.
+pub async fn list(db: &Db, post_id: &str) -> Result<Vec<Comment>, StorageError> {
+    let rows =
+        sqlx::query("SELECT id, content, status FROM comments WHERE post_id = $1 ORDER BY pos")
+            .bind(post_id)
+            .fetch_all(db.pool())
+            .await?;
+    rows.iter().map(to_comment).collect()
+}
+
+pub async fn find(tx: &mut Tx, id: &str) -> Result<Option<StoredComment>, StorageError> {
+    let row = sqlx::query("SELECT post_id, content, status FROM comments WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.map(|row| {
+        Ok(StoredComment {
+            post_id: row.try_get("post_id")?,
+            content: row.try_get("content")?,
+            status: status(&row)?,
+        })
+    })
+    .transpose()
+}
+
+pub async fn set_status(tx: &mut Tx, id: &str, status: Status) -> Result<(), StorageError> {
+    sqlx::query("UPDATE comments SET status = $1 WHERE id = $2")
+        .bind(status.as_str())
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! `GET /healthz` (the process is alive) and `GET /readyz` (its storage and
+//! the bus answer), for probes and for `blog up` to know when it is up.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::future::BoxFuture;
+use serde_json::json;
+
+use crate::ApiError;
+
+/// A readiness check: `Err` says what is not ready.
+pub type ReadyCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+pub fn routes(ready: ReadyCheck) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move { readiness(ready).await }
+            }),
+        )
+}
+
+async fn readiness(ready: ReadyCheck) -> Response {
+    match ready().await {
+        Ok(()) => (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response(),
+        Err(why) => ApiError::Unavailable(why).into_response(),
+    }
+}
+
+/// A check that is always ready, for parts with no dependencies.
+pub fn always_ready() -> ReadyCheck {
+    Arc::new(|| Box::pin(async { Ok(()) }))
+}

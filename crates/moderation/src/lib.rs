@@ -1,0 +1,32 @@
+//! The moderation service (course port 4003): decides each comment once by a
+//! [`Policy`] and emits `CommentModerated`. No routes but `/events`.
+
+mod handler;
+mod policy;
+
+use std::sync::Arc;
+
+use blog_bus::{Consumer, ServiceConfig, catch_up, events_route, readiness, relay};
+use blog_kit::serve::Service;
+use blog_storage::{Db, Migrator, StorageError};
+
+pub use handler::Moderator;
+pub use policy::Policy;
+
+pub const NAME: &str = "moderation";
+pub const DEFAULT_PORT: u16 = 4003;
+
+static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+pub async fn build(config: &ServiceConfig, policy: Policy) -> Result<Service, StorageError> {
+    let db = Db::open(&config.storage, NAME, &MIGRATIONS).await?;
+    let bus = config.bus_client();
+    let consumer = Arc::new(Consumer::new(db.clone(), Moderator::new(policy)));
+    let router = events_route(consumer.clone())
+        .merge(blog_kit::health::routes(readiness(db.clone(), bus.clone())));
+    let router = blog_kit::http::finish(router, &config.cors, config.body_limit);
+    let catch_up_bus = bus.clone();
+    Ok(Service::new(NAME, router)
+        .with_task(move |shutdown| relay(db, bus, shutdown))
+        .with_task(move |shutdown| catch_up(consumer, catch_up_bus, shutdown)))
+}

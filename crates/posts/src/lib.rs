@@ -1,0 +1,30 @@
+//! The posts service (course port 4000): creates posts and lists them.
+//! Emits `PostCreated`; consumes nothing.
+
+mod domain;
+mod routes;
+mod store;
+
+use std::sync::Arc;
+
+use blog_bus::{ServiceConfig, ignore_events_route, readiness, relay};
+use blog_kit::serve::Service;
+use blog_storage::{Db, Migrator, StorageError};
+
+pub use domain::PostTitle;
+
+pub const NAME: &str = "posts";
+pub const DEFAULT_PORT: u16 = 4000;
+
+static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Opens the posts database and builds the service.
+pub async fn build(config: &ServiceConfig) -> Result<Service, StorageError> {
+    let db = Db::open(&config.storage, NAME, &MIGRATIONS).await?;
+    let bus = config.bus_client();
+    let router = routes::router(Arc::new(db.clone()))
+        .merge(ignore_events_route())
+        .merge(blog_kit::health::routes(readiness(db.clone(), bus.clone())));
+    let router = blog_kit::http::finish(router, &config.cors, config.body_limit);
+    Ok(Service::new(NAME, router).with_task(move |shutdown| relay(db, bus, shutdown)))
+}

@@ -1,0 +1,52 @@
+//! The query service (course port 4002): a read model of every post with its
+//! comments, built only from events, served as `GET /posts` and pushed live
+//! as server-sent events on `GET /posts/live`.
+
+mod handler;
+mod live;
+mod model;
+mod routes;
+
+use std::sync::Arc;
+
+use blog_bus::{Consumer, ServiceConfig, catch_up, events_route, readiness};
+use blog_kit::CancellationToken;
+use blog_kit::serve::Service;
+use blog_storage::{Db, Migrator, StorageError};
+
+pub use handler::Projector;
+pub use model::ReadModel;
+
+pub const NAME: &str = "query";
+pub const DEFAULT_PORT: u16 = 4002;
+
+static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+pub async fn build(config: &ServiceConfig) -> Result<Service, StorageError> {
+    let db = Db::open(&config.storage, NAME, &MIGRATIONS).await?;
+    let bus = config.bus_client();
+    let model = Arc::new(ReadModel::new(db.clone()));
+    let (changed_tx, changed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let live = live::Live::new(model.clone());
+    // Live streams end when the service stops, so shutdown does not wait on them.
+    let stop = CancellationToken::new();
+    let consumer = Arc::new(Consumer::new(
+        db.clone(),
+        Projector::new(model.clone(), changed_tx),
+    ));
+    let router = routes::router(routes::AppState {
+        model,
+        live: live.clone(),
+        stop: stop.clone(),
+    })
+    .merge(events_route(consumer.clone()))
+    .merge(blog_kit::health::routes(readiness(db, bus.clone())));
+    let router = blog_kit::http::finish(router, &config.cors, config.body_limit);
+    Ok(Service::new(NAME, router)
+        .with_task(move |shutdown| catch_up(consumer, bus, shutdown))
+        .with_task(move |shutdown| live.render(changed_rx, shutdown))
+        .with_task(move |shutdown| async move {
+            shutdown.cancelled().await;
+            stop.cancel();
+        }))
+}

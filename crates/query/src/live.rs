@@ -1,0 +1,53 @@
+use std::sync::Arc;
+
+use blog_kit::CancellationToken;
+use tokio::sync::broadcast;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::ReadModel;
+
+/// Fan-out of changed posts to live streams: each change is rendered once,
+/// whatever the number of listeners.
+#[derive(Clone)]
+pub struct Live {
+    model: Arc<ReadModel>,
+    posts: broadcast::Sender<Arc<str>>,
+}
+
+impl Live {
+    pub fn new(model: Arc<ReadModel>) -> Self {
+        let (posts, _) = broadcast::channel(1024);
+        Self { model, posts }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        self.posts.subscribe()
+    }
+
+    pub fn model(&self) -> &ReadModel {
+        &self.model
+    }
+
+    /// Renders each changed post and hands it to every listener.
+    pub async fn render(self, mut changed: UnboundedReceiver<String>, shutdown: CancellationToken) {
+        loop {
+            let post_id = tokio::select! {
+                () = shutdown.cancelled() => return,
+                next = changed.recv() => match next {
+                    Some(id) => id,
+                    None => return,
+                },
+            };
+            if self.posts.receiver_count() == 0 {
+                continue;
+            }
+            match self.model.post_json(&post_id).await {
+                Ok(Some(post)) => {
+                    let _ = self.posts.send(Arc::from(post.to_string()));
+                }
+                Ok(None) => {} // a comment whose post has not arrived yet
+                Err(e) => tracing::warn!(error = %e, "could not render a changed post"),
+            }
+        }
+    }
+}

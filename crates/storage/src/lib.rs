@@ -1,0 +1,13 @@
+//! Per-service storage. Each service owns one database (an SQLite file under
+//! the data dir by default) and reaches it only through this crate's [`Db`],
+//! so no engine detail leaks into a service's handlers.
+
+mod db;
+pub mod inbox;
+pub mod outbox;
+
+pub use db::{Db, Engine, StorageConfig, StorageError, Tx};
+pub use sqlx::migrate::Migrator;
+pub use sqlx::{Row, query, query_as, query_scalar};
+
+pub use sqlx::any::AnyRow;
