@@ -178,6 +178,24 @@ impl System {
     }
 }
 
+/// `base` with every part pointed at the others' actual addresses: the bus
+/// URL, the bus's subscribers and the gateway's upstreams.
+pub fn wire(base: &Settings, addrs: &HashMap<ServiceKind, SocketAddr>) -> Settings {
+    let url_of = |kind: ServiceKind| addrs.get(&kind).map(|addr| reachable(*addr)).unwrap_or_default();
+    let mut settings = base.clone();
+    settings.bus = BusConfig::Http {
+        url: url_of(ServiceKind::EventBus),
+    };
+    settings.subscribers = [ServiceKind::Posts, ServiceKind::Comments, ServiceKind::Query, ServiceKind::Moderation]
+        .iter()
+        .map(|kind| format!("{}/events", url_of(*kind)))
+        .collect();
+    settings.posts_url = url_of(ServiceKind::Posts);
+    settings.comments_url = url_of(ServiceKind::Comments);
+    settings.query_url = url_of(ServiceKind::Query);
+    settings
+}
+
 /// Starts the event bus, the four services and the gateway, wired to each
 /// other by the addresses they actually got, and waits until all are ready.
 pub async fn up(
@@ -203,30 +221,16 @@ pub async fn up(
     for kind in order {
         listeners.push((kind, bind(SocketAddr::new(host, port(kind))).await?));
     }
-    let url_of = |kind: ServiceKind| {
-        listeners
-            .iter()
-            .find(|(k, _)| *k == kind)
-            .and_then(|(_, l)| l.local_addr().ok())
-            .map(reachable)
-            .unwrap_or_default()
-    };
-    let mut settings = base.clone();
-    settings.bus = BusConfig::Http {
-        url: url_of(ServiceKind::EventBus),
-    };
-    settings.subscribers = [
-        ServiceKind::Posts,
-        ServiceKind::Comments,
-        ServiceKind::Query,
-        ServiceKind::Moderation,
-    ]
-    .iter()
-    .map(|kind| format!("{}/events", url_of(*kind)))
-    .collect();
-    settings.posts_url = url_of(ServiceKind::Posts);
-    settings.comments_url = url_of(ServiceKind::Comments);
-    settings.query_url = url_of(ServiceKind::Query);
+    let addrs = listeners
+        .iter()
+        .map(|(kind, listener)| {
+            let addr = listener
+                .local_addr()
+                .map_err(|source| StartupError::Bind { addr: SocketAddr::new(host, port(*kind)), source })?;
+            Ok((*kind, addr))
+        })
+        .collect::<Result<HashMap<_, _>, StartupError>>()?;
+    let settings = wire(base, &addrs);
     let mut parts = Vec::new();
     for (kind, listener) in listeners {
         let service = build(kind, &settings).await?;

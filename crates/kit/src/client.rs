@@ -68,12 +68,25 @@ impl HttpClient {
         url: &str,
         body: Option<Bytes>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        let content_type = body.as_ref().map(|_| "application/json");
+        self.request(method, url, content_type, body.unwrap_or_default())
+            .await
+    }
+
+    /// Any request, with the given content type (if any) and body.
+    pub async fn request(
+        &self,
+        method: Method,
+        url: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         let mut builder = Request::builder().method(method).uri(url);
-        if body.is_some() {
-            builder = builder.header(header::CONTENT_TYPE, "application/json");
+        if let Some(content_type) = content_type {
+            builder = builder.header(header::CONTENT_TYPE, content_type);
         }
         let request = builder
-            .body(Full::new(body.unwrap_or_default()))
+            .body(Full::new(body))
             .map_err(|_| ClientError::Url(url.to_owned()))?;
         let exchange = async {
             let response = self
