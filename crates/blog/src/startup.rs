@@ -181,15 +181,25 @@ impl System {
 /// `base` with every part pointed at the others' actual addresses: the bus
 /// URL, the bus's subscribers and the gateway's upstreams.
 pub fn wire(base: &Settings, addrs: &HashMap<ServiceKind, SocketAddr>) -> Settings {
-    let url_of = |kind: ServiceKind| addrs.get(&kind).map(|addr| reachable(*addr)).unwrap_or_default();
+    let url_of = |kind: ServiceKind| {
+        addrs
+            .get(&kind)
+            .map(|addr| reachable(*addr))
+            .unwrap_or_default()
+    };
     let mut settings = base.clone();
     settings.bus = BusConfig::Http {
         url: url_of(ServiceKind::EventBus),
     };
-    settings.subscribers = [ServiceKind::Posts, ServiceKind::Comments, ServiceKind::Query, ServiceKind::Moderation]
-        .iter()
-        .map(|kind| format!("{}/events", url_of(*kind)))
-        .collect();
+    settings.subscribers = [
+        ServiceKind::Posts,
+        ServiceKind::Comments,
+        ServiceKind::Query,
+        ServiceKind::Moderation,
+    ]
+    .iter()
+    .map(|kind| format!("{}/events", url_of(*kind)))
+    .collect();
     settings.posts_url = url_of(ServiceKind::Posts);
     settings.comments_url = url_of(ServiceKind::Comments);
     settings.query_url = url_of(ServiceKind::Query);
@@ -224,9 +234,10 @@ pub async fn up(
     let addrs = listeners
         .iter()
         .map(|(kind, listener)| {
-            let addr = listener
-                .local_addr()
-                .map_err(|source| StartupError::Bind { addr: SocketAddr::new(host, port(*kind)), source })?;
+            let addr = listener.local_addr().map_err(|source| StartupError::Bind {
+                addr: SocketAddr::new(host, port(*kind)),
+                source,
+            })?;
             Ok((*kind, addr))
         })
         .collect::<Result<HashMap<_, _>, StartupError>>()?;

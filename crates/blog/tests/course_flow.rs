@@ -29,24 +29,37 @@ async fn a_post_and_its_moderated_comments_reach_query() {
     );
 
     // Comments shows the same statuses.
-    let comments = system.get(&format!("{}/posts/{post}/comments", system.gateway())).await;
+    let comments = system
+        .get(&format!("{}/posts/{post}/comments", system.gateway()))
+        .await;
     assert_eq!(comments.status, StatusCode::OK);
     assert_eq!(comments.body[0]["status"], "rejected");
     assert_eq!(comments.body[1]["status"], "approved");
 
     // Posts lists it, keyed by id.
-    let listed = system.get(&format!("{}/posts", system.url(ServiceKind::Posts))).await;
-    assert_eq!(listed.body, json!({post.clone(): {"id": post, "title": "Hello, events"}}));
+    let listed = system
+        .get(&format!("{}/posts", system.url(ServiceKind::Posts)))
+        .await;
+    assert_eq!(
+        listed.body,
+        json!({post.clone(): {"id": post, "title": "Hello, events"}})
+    );
 
     // The bus stored each event once, in causal order, numbered from 1.
     let events = system.bus_events().await;
-    let types: Vec<_> = events.iter().map(|e| e["type"].as_str().unwrap_or_default()).collect();
+    let types: Vec<_> = events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or_default())
+        .collect();
     assert_eq!(count_type(&events, "PostCreated"), 1);
     assert_eq!(count_type(&events, "CommentCreated"), 2);
     assert_eq!(count_type(&events, "CommentModerated"), 2);
     assert_eq!(count_type(&events, "CommentUpdated"), 2);
     assert_eq!(types[0], "PostCreated");
-    let seqs: Vec<_> = events.iter().map(|e| e["seq"].as_i64().unwrap_or_default()).collect();
+    let seqs: Vec<_> = events
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap_or_default())
+        .collect();
     assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
     system.shutdown().await;
 }
@@ -56,13 +69,17 @@ async fn query_keeps_creation_order_and_empty_posts_have_no_comments() {
     let system = TestSystem::spawn().await;
     let ids: Vec<String> = futures_like_sequence(&system, &["first", "second", "third"]).await;
     system
-        .until("three posts in query", || async { system.query().await.as_object().map(|o| o.len()) == Some(3) })
+        .until("three posts in query", || async {
+            system.query().await.as_object().map(|o| o.len()) == Some(3)
+        })
         .await;
     let posts = system.query().await;
     let keys: Vec<_> = posts.as_object().expect("object").keys().cloned().collect();
     assert_eq!(keys, ids);
     assert_eq!(posts[&ids[1]]["comments"], json!([]));
-    let none = system.get(&format!("{}/posts/{}/comments", system.gateway(), ids[0])).await;
+    let none = system
+        .get(&format!("{}/posts/{}/comments", system.gateway(), ids[0]))
+        .await;
     assert_eq!((none.status, none.body), (StatusCode::OK, json!([])));
     system.shutdown().await;
 }
@@ -80,10 +97,20 @@ async fn the_bus_replays_after_a_sequence_number() {
     let system = TestSystem::spawn().await;
     let post = system.create_post("p").await;
     system.comment(&post, "c").await;
-    system.until("4 events", || async { system.bus_events().await.len() == 4 }).await;
+    system
+        .until("4 events", || async {
+            system.bus_events().await.len() == 4
+        })
+        .await;
     let bus = system.url(ServiceKind::EventBus);
     let after = system.get(&format!("{bus}/events?after=2")).await;
-    let seqs: Vec<_> = after.body.as_array().expect("array").iter().map(|e| e["seq"].clone()).collect();
+    let seqs: Vec<_> = after
+        .body
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| e["seq"].clone())
+        .collect();
     assert_eq!(seqs, vec![json!(3), json!(4)]);
     let limited = system.get(&format!("{bus}/events?after=1&limit=1")).await;
     assert_eq!(limited.body.as_array().map(Vec::len), Some(1));
@@ -94,7 +121,9 @@ async fn the_bus_replays_after_a_sequence_number() {
     system
         .until("subscribers caught up", || async {
             let status = system.get(&format!("{bus}/subscribers")).await.body;
-            status["subscribers"].as_array().is_some_and(|s| s.iter().all(|s| s["lag"] == 0))
+            status["subscribers"]
+                .as_array()
+                .is_some_and(|s| s.iter().all(|s| s["lag"] == 0))
         })
         .await;
     system.shutdown().await;
@@ -103,7 +132,11 @@ async fn the_bus_replays_after_a_sequence_number() {
 #[tokio::test]
 async fn cors_answers_any_origin_with_a_204_preflight() {
     let system = TestSystem::spawn().await;
-    for kind in [ServiceKind::Posts, ServiceKind::Comments, ServiceKind::Query] {
+    for kind in [
+        ServiceKind::Posts,
+        ServiceKind::Comments,
+        ServiceKind::Query,
+    ] {
         let url = format!("{}/posts", system.url(kind));
         let request = axum::http::Request::builder()
             .method("OPTIONS")
@@ -120,7 +153,9 @@ async fn cors_answers_any_origin_with_a_204_preflight() {
 }
 
 /// Sends a request without the test client's conveniences, to see headers.
-async fn raw(request: axum::http::Request<axum::body::Body>) -> axum::http::Response<hyper::body::Incoming> {
+async fn raw(
+    request: axum::http::Request<axum::body::Body>,
+) -> axum::http::Response<hyper::body::Incoming> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<axum::body::Body>();
     client.request(request).await.expect("response")

@@ -15,24 +15,44 @@ async fn a_stopped_moderation_catches_up_after_restart() {
     system.stop(ServiceKind::Moderation).await;
     let mut comments = Vec::new();
     for i in 0..5 {
-        let content = if i % 2 == 0 { format!("orange {i}") } else { format!("fine {i}") };
+        let content = if i % 2 == 0 {
+            format!("orange {i}")
+        } else {
+            format!("fine {i}")
+        };
         comments.push((system.comment(&post, &content).await, i % 2 == 0));
     }
     // Nothing can be decided while moderation is down.
     system
         .until("query saw all five comments", || async {
-            system.query().await[&post]["comments"].as_array().map(Vec::len) == Some(5)
+            system.query().await[&post]["comments"]
+                .as_array()
+                .map(Vec::len)
+                == Some(5)
         })
         .await;
     for (comment, _) in &comments {
-        assert_eq!(system.status_in_query(&post, comment).await.as_deref(), Some("pending"));
+        assert_eq!(
+            system.status_in_query(&post, comment).await.as_deref(),
+            Some("pending")
+        );
     }
     system.start(ServiceKind::Moderation).await;
     for (comment, rejected) in &comments {
-        system.until_status(&post, comment, if *rejected { "rejected" } else { "approved" }).await;
+        system
+            .until_status(
+                &post,
+                comment,
+                if *rejected { "rejected" } else { "approved" },
+            )
+            .await;
     }
     let events = system.bus_events().await;
-    assert_eq!(count_type(&events, "CommentModerated"), 5, "each comment moderated once");
+    assert_eq!(
+        count_type(&events, "CommentModerated"),
+        5,
+        "each comment moderated once"
+    );
     system.shutdown().await;
 }
 
@@ -40,7 +60,11 @@ async fn a_stopped_moderation_catches_up_after_restart() {
 async fn a_crashed_query_rebuilds_nothing_twice_and_misses_nothing() {
     let mut system = TestSystem::spawn().await;
     let first = system.create_post("before the crash").await;
-    system.until("query has the post", || async { system.query().await.get(&first).is_some() }).await;
+    system
+        .until("query has the post", || async {
+            system.query().await.get(&first).is_some()
+        })
+        .await;
     system.crash(ServiceKind::Query).await;
     let second = system.create_post("during the crash").await;
     let comment = system.comment(&second, "hello").await;
@@ -64,21 +88,31 @@ async fn the_bus_keeps_its_events_and_cursors_across_a_restart() {
     system
         .until("all delivered", || async {
             let status = system.get(&format!("{bus}/subscribers")).await.body;
-            status["subscribers"].as_array().is_some_and(|s| s.iter().all(|s| s["lag"] == 0))
+            status["subscribers"]
+                .as_array()
+                .is_some_and(|s| s.iter().all(|s| s["lag"] == 0))
         })
         .await;
 
     system.stop(ServiceKind::EventBus).await;
     system.start(ServiceKind::EventBus).await;
 
-    assert_eq!(system.bus_events().await, before, "every stored event, unchanged");
+    assert_eq!(
+        system.bus_events().await,
+        before,
+        "every stored event, unchanged"
+    );
     let status = system.get(&format!("{bus}/subscribers")).await.body;
     for subscriber in status["subscribers"].as_array().expect("subscribers") {
         assert_eq!(subscriber["cursor"], json!(before.len()), "{subscriber}");
     }
     // And it goes on: a new post flows through the restarted bus.
     let after = system.create_post("after the restart").await;
-    system.until("query has it", || async { system.query().await.get(&after).is_some() }).await;
+    system
+        .until("query has it", || async {
+            system.query().await.get(&after).is_some()
+        })
+        .await;
     system.shutdown().await;
 }
 
@@ -93,7 +127,11 @@ async fn a_crash_between_a_write_and_its_relay_loses_nothing() {
     system.start(ServiceKind::EventBus).await;
     assert!(system.bus_events().await.is_empty(), "the bus never got it");
     system.start(ServiceKind::Posts).await;
-    system.until("query has the post", || async { system.query().await.get(&post).is_some() }).await;
+    system
+        .until("query has the post", || async {
+            system.query().await.get(&post).is_some()
+        })
+        .await;
     assert_eq!(count_type(&system.bus_events().await, "PostCreated"), 1);
     system.shutdown().await;
 }
@@ -110,20 +148,31 @@ async fn an_event_delivered_twice_changes_nothing() {
     let event = comment_created("c-1", "p-1", "twice");
     for _ in 0..3 {
         let answer = system.post(&moderation, &event).await;
-        assert_eq!((answer.status, answer.body.clone()), (StatusCode::OK, json!({})));
+        assert_eq!(
+            (answer.status, answer.body.clone()),
+            (StatusCode::OK, json!({}))
+        );
     }
     // One of ours (with an id) sent again after being relayed: same.
     let mut with_id = comment_created("c-2", "p-1", "also twice");
     with_id["id"] = json!("0190aaaa-0000-7000-8000-000000000001");
     for _ in 0..3 {
-        assert_eq!(system.post(&moderation, &with_id).await.status, StatusCode::OK);
+        assert_eq!(
+            system.post(&moderation, &with_id).await.status,
+            StatusCode::OK
+        );
     }
     system
-        .until("two decisions relayed", || async { count_type(&system.bus_events().await, "CommentModerated") == 2 })
+        .until("two decisions relayed", || async {
+            count_type(&system.bus_events().await, "CommentModerated") == 2
+        })
         .await;
     // Give a wrong extra decision every chance to show up.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(count_type(&system.bus_events().await, "CommentModerated"), 2);
+    assert_eq!(
+        count_type(&system.bus_events().await, "CommentModerated"),
+        2
+    );
 
     // The bus too stores an event with a known id once.
     let bus = format!("{}/events", system.url(ServiceKind::EventBus));
@@ -158,7 +207,10 @@ async fn events_out_of_order_converge_to_the_in_order_state() {
     // Comments: a decision for a comment it never stored changes nothing and is no error.
     let comments = format!("{}/events", system.url(ServiceKind::Comments));
     let moderated = json!({"type": "CommentModerated", "data": {"id": "nope", "postId": "p1", "status": "approved", "content": "x"}});
-    assert_eq!(system.post(&comments, &moderated).await.status, StatusCode::OK);
+    assert_eq!(
+        system.post(&comments, &moderated).await.status,
+        StatusCode::OK
+    );
     system.shutdown().await;
 }
 
@@ -173,9 +225,21 @@ async fn a_status_never_moves_back() {
     let late = json!({"type": "CommentModerated", "data": {"id": comment, "postId": post, "status": "approved", "content": "orange"}});
     assert_eq!(system.post(&comments, &late).await.status, StatusCode::OK);
     let pending = json!({"type": "CommentUpdated", "data": {"id": comment, "postId": post, "content": "orange", "status": "pending"}});
-    assert_eq!(system.post(&format!("{}/events", system.url(ServiceKind::Query)), &pending).await.status, StatusCode::OK);
+    assert_eq!(
+        system
+            .post(
+                &format!("{}/events", system.url(ServiceKind::Query)),
+                &pending
+            )
+            .await
+            .status,
+        StatusCode::OK
+    );
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(system.status_in_query(&post, &comment).await.as_deref(), Some("rejected"));
+    assert_eq!(
+        system.status_in_query(&post, &comment).await.as_deref(),
+        Some("rejected")
+    );
     assert_eq!(count_type(&system.bus_events().await, "CommentUpdated"), 1);
     system.shutdown().await;
 }

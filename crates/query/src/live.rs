@@ -24,10 +24,6 @@ impl Live {
         self.posts.subscribe()
     }
 
-    pub fn model(&self) -> &ReadModel {
-        &self.model
-    }
-
     /// Renders each changed post and hands it to every listener.
     pub async fn render(self, mut changed: UnboundedReceiver<String>, shutdown: CancellationToken) {
         loop {

@@ -49,27 +49,23 @@ async fn live(
     let updates = state.live.subscribe();
     let first = snapshot(&state.model.posts_json().await?);
     let rest = stream::unfold((updates, state), |(mut updates, state)| async move {
-        loop {
-            let next = tokio::select! {
-                () = state.stop.cancelled() => return None,
-                next = updates.recv() => next,
-            };
-            match next {
-                Ok(post) => {
-                    let event = SseEvent::default().event("post").data(&*post);
-                    return Some((Ok(event), (updates, state)));
+        let next = tokio::select! {
+            () = state.stop.cancelled() => return None,
+            next = updates.recv() => next,
+        };
+        let event = match next {
+            Ok(post) => SseEvent::default().event("post").data(&*post),
+            // Fell behind: start over from a fresh snapshot.
+            Err(RecvError::Lagged(_)) => match state.model.posts_json().await {
+                Ok(body) => snapshot(&body),
+                Err(e) => {
+                    tracing::warn!(error = %e, "live stream ends: snapshot failed");
+                    return None;
                 }
-                // Fell behind: start over from a fresh snapshot.
-                Err(RecvError::Lagged(_)) => match state.live.model().posts_json().await {
-                    Ok(body) => return Some((Ok(snapshot(&body)), (updates, state))),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "live stream ends: snapshot failed");
-                        return None;
-                    }
-                },
-                Err(RecvError::Closed) => return None,
-            }
-        }
+            },
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok(event), (updates, state)))
     });
     let events = stream::once(async move { Ok(first) }).chain(rest);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))

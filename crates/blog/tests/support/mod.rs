@@ -50,7 +50,9 @@ impl TestSystem {
         let mut listeners = Vec::new();
         let mut addrs = HashMap::new();
         for kind in ALL {
-            let listener = startup::bind("127.0.0.1:0".parse().unwrap()).await.expect("bind");
+            let listener = startup::bind("127.0.0.1:0".parse().unwrap())
+                .await
+                .expect("bind");
             addrs.insert(kind, listener.local_addr().unwrap());
             listeners.push((kind, listener));
         }
@@ -66,10 +68,15 @@ impl TestSystem {
         };
         for (kind, listener) in listeners {
             let service = startup::build(kind, &system.settings).await.expect("build");
-            system.running.insert(kind, startup::spawn(kind, service, listener).expect("spawn"));
+            system.running.insert(
+                kind,
+                startup::spawn(kind, service, listener).expect("spawn"),
+            );
         }
         for kind in ALL {
-            startup::wait_ready(&system.http, kind, &system.url(kind), CONVERGE).await.expect("ready");
+            startup::wait_ready(&system.http, kind, &system.url(kind), CONVERGE)
+                .await
+                .expect("ready");
         }
         system
     }
@@ -114,7 +121,10 @@ impl TestSystem {
             }
         };
         let service = startup::build(kind, &self.settings).await.expect("build");
-        self.running.insert(kind, startup::spawn(kind, service, listener).expect("spawn"));
+        self.running.insert(
+            kind,
+            startup::spawn(kind, service, listener).expect("spawn"),
+        );
         let health = format!("{}/healthz", self.url(kind));
         self.until(&format!("{} healthy", kind.name()), || async {
             matches!(self.http.get(&health).await, Ok((s, _)) if s.is_success())
@@ -122,7 +132,13 @@ impl TestSystem {
         .await;
     }
 
-    pub async fn send(&self, method: Method, url: &str, content_type: Option<&str>, body: impl Into<Bytes>) -> Answer {
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        content_type: Option<&str>,
+        body: impl Into<Bytes>,
+    ) -> Answer {
         let (status, body) = self
             .http
             .request(method, url, content_type, body.into())
@@ -139,12 +155,23 @@ impl TestSystem {
     }
 
     pub async fn post(&self, url: &str, body: &Value) -> Answer {
-        self.send(Method::POST, url, Some("application/json"), body.to_string()).await
+        self.send(
+            Method::POST,
+            url,
+            Some("application/json"),
+            body.to_string(),
+        )
+        .await
     }
 
     /// Creates a post through the gateway; returns its id.
     pub async fn create_post(&self, title: &str) -> String {
-        let answer = self.post(&format!("{}/posts/create", self.gateway()), &json!({"title": title})).await;
+        let answer = self
+            .post(
+                &format!("{}/posts/create", self.gateway()),
+                &json!({"title": title}),
+            )
+            .await;
         assert_eq!(answer.status, StatusCode::CREATED, "{answer:?}");
         assert_eq!(answer.body["title"], title);
         answer.body["id"].as_str().expect("id").to_owned()
@@ -153,7 +180,10 @@ impl TestSystem {
     /// Comments through the gateway; returns the new comment's id.
     pub async fn comment(&self, post: &str, content: &str) -> String {
         let answer = self
-            .post(&format!("{}/posts/{post}/comments", self.gateway()), &json!({"content": content}))
+            .post(
+                &format!("{}/posts/{post}/comments", self.gateway()),
+                &json!({"content": content}),
+            )
             .await;
         assert_eq!(answer.status, StatusCode::CREATED, "{answer:?}");
         let comments = answer.body.as_array().expect("array");
@@ -182,7 +212,9 @@ impl TestSystem {
 
     /// The bus's stored events.
     pub async fn bus_events(&self) -> Vec<Value> {
-        let answer = self.get(&format!("{}/events", self.url(ServiceKind::EventBus))).await;
+        let answer = self
+            .get(&format!("{}/events", self.url(ServiceKind::EventBus)))
+            .await;
         assert_eq!(answer.status, StatusCode::OK);
         answer.body.as_array().expect("array").clone()
     }
