@@ -33,3 +33,79 @@ impl Handler for Moderated {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blog_bus::{Consumer, Outcome};
+    use blog_events::{CommentCreated, CommentModerated, Status};
+    use blog_storage::{Db, StorageConfig};
+
+    fn moderated(id: &str, status: Status) -> Envelope {
+        Envelope::new(Event::CommentModerated(CommentModerated {
+            id: id.into(),
+            post_id: "p".into(),
+            status,
+            content: "ignored: comments keeps its own content".into(),
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_decision_moves_the_status_forward_once_and_announces_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = StorageConfig::Sqlite {
+            data_dir: dir.path().to_owned(),
+        };
+        let db = Db::open(&storage, "comments", &crate::MIGRATIONS)
+            .await
+            .expect("db");
+        let created = Envelope::new(Event::CommentCreated(CommentCreated {
+            id: "c".into(),
+            content: "hello".into(),
+            post_id: "p".into(),
+            status: Status::Pending,
+        }));
+        store::create(&db, "c", "p", "hello", &created)
+            .await
+            .expect("create");
+        let consumer = Consumer::new(db.clone(), Moderated);
+
+        assert_eq!(
+            consumer
+                .receive(&moderated("c", Status::Approved))
+                .await
+                .expect("ok"),
+            Outcome::Applied
+        );
+        // A contradicting late decision, and one for an unknown comment, change nothing.
+        consumer
+            .receive(&moderated("c", Status::Rejected))
+            .await
+            .expect("ok");
+        consumer
+            .receive(&moderated("unknown", Status::Rejected))
+            .await
+            .expect("ok");
+
+        let comments = store::list(&db, "p").await.expect("list");
+        assert_eq!(comments.len(), 1);
+        assert_eq!(comments[0].status, Status::Approved);
+        let outbox = blog_storage::outbox::peek(&db, 10).await.expect("outbox");
+        let types: Vec<_> = outbox
+            .iter()
+            .map(|p| Envelope::from_slice(p.body.as_bytes()).expect("valid"))
+            .map(|e| (e.type_name, e.event))
+            .collect();
+        assert_eq!(types.len(), 2);
+        assert_eq!(types[0].0, "CommentCreated");
+        assert_eq!(
+            types[1].1,
+            Some(Event::CommentUpdated(CommentUpdated {
+                id: "c".into(),
+                post_id: "p".into(),
+                content: "hello".into(),
+                status: Status::Approved,
+            }))
+        );
+    }
+}

@@ -41,3 +41,110 @@ impl Handler for Moderator {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blog_bus::{Consumer, Outcome};
+    use blog_events::{CommentCreated, Status};
+    use blog_storage::{Db, StorageConfig};
+
+    async fn consumer(dir: &tempfile::TempDir) -> (Db, Consumer<Moderator>) {
+        let storage = StorageConfig::Sqlite {
+            data_dir: dir.path().to_owned(),
+        };
+        let db = Db::open(&storage, "moderation", &crate::MIGRATIONS)
+            .await
+            .expect("db");
+        (
+            db.clone(),
+            Consumer::new(db, Moderator::new(Policy::default())),
+        )
+    }
+
+    fn created(id: &str, content: &str) -> Envelope {
+        Envelope::from_value(
+            Event::CommentCreated(CommentCreated {
+                id: id.into(),
+                content: content.into(),
+                post_id: "p".into(),
+                status: Status::Pending,
+            })
+            .into_value(),
+        )
+        .expect("valid")
+    }
+
+    trait IntoValue {
+        fn into_value(self) -> serde_json::Value;
+    }
+    impl IntoValue for Event {
+        fn into_value(self) -> serde_json::Value {
+            serde_json::to_value(self).expect("serialisable")
+        }
+    }
+
+    #[tokio::test]
+    async fn moderates_each_comment_once_by_the_policy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, consumer) = consumer(&dir).await;
+        assert_eq!(
+            consumer
+                .receive(&created("c1", "an orange"))
+                .await
+                .expect("ok"),
+            Outcome::Applied
+        );
+        assert_eq!(
+            consumer
+                .receive(&created("c1", "an orange"))
+                .await
+                .expect("ok"),
+            Outcome::Duplicate
+        );
+        // Same comment under another event id (a resend by a peer): still once.
+        let mut resent = created("c1", "an orange");
+        resent.id = Some("another-event-id".into());
+        assert_eq!(
+            consumer.receive(&resent).await.expect("ok"),
+            Outcome::Applied
+        );
+        assert_eq!(
+            consumer.receive(&created("c2", "fine")).await.expect("ok"),
+            Outcome::Applied
+        );
+
+        let pending = blog_storage::outbox::peek(&db, 10).await.expect("outbox");
+        let decisions: Vec<(String, String)> = pending
+            .iter()
+            .map(|p| {
+                let event = Envelope::from_slice(p.body.as_bytes())
+                    .expect("valid")
+                    .event;
+                match event {
+                    Some(Event::CommentModerated(m)) => (m.id, m.status.to_string()),
+                    other => panic!("unexpected {other:?}"),
+                }
+            })
+            .collect();
+        assert_eq!(
+            decisions,
+            [
+                ("c1".into(), "rejected".into()),
+                ("c2".into(), "approved".into())
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn ignores_events_it_does_not_consume() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, consumer) = consumer(&dir).await;
+        let post = Envelope::new(Event::PostCreated(blog_events::PostCreated {
+            id: "p".into(),
+            title: "t".into(),
+        }));
+        assert_eq!(consumer.receive(&post).await.expect("ok"), Outcome::Applied);
+        assert_eq!(blog_storage::outbox::len(&db).await.expect("len"), 0);
+    }
+}
