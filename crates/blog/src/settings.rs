@@ -23,13 +23,14 @@ pub enum ServiceKind {
 }
 
 impl ServiceKind {
-    /// The five services `blog up` runs behind the gateway.
-    pub const SERVICES: [ServiceKind; 5] = [
+    /// What `blog up` runs, in start order: the bus first, the gateway last.
+    pub const UP: [ServiceKind; 6] = [
         ServiceKind::EventBus,
         ServiceKind::Posts,
         ServiceKind::Comments,
         ServiceKind::Query,
         ServiceKind::Moderation,
+        ServiceKind::Gateway,
     ];
 
     pub fn name(self) -> &'static str {

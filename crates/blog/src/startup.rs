@@ -219,16 +219,8 @@ pub async fn up(
             .copied()
             .unwrap_or_else(|| kind.default_port())
     };
-    let order = [
-        ServiceKind::EventBus,
-        ServiceKind::Posts,
-        ServiceKind::Comments,
-        ServiceKind::Query,
-        ServiceKind::Moderation,
-        ServiceKind::Gateway,
-    ];
     let mut listeners = Vec::new();
-    for kind in order {
+    for kind in ServiceKind::UP {
         listeners.push((kind, bind(SocketAddr::new(host, port(kind))).await?));
     }
     let addrs = listeners

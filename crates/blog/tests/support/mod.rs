@@ -19,14 +19,7 @@ use serde_json::{Value, json};
 /// How long a test waits for the system to converge before it fails.
 pub const CONVERGE: Duration = Duration::from_secs(20);
 
-pub const ALL: [ServiceKind; 6] = [
-    ServiceKind::EventBus,
-    ServiceKind::Posts,
-    ServiceKind::Comments,
-    ServiceKind::Query,
-    ServiceKind::Moderation,
-    ServiceKind::Gateway,
-];
+pub const ALL: [ServiceKind; 6] = ServiceKind::UP;
 
 pub struct TestSystem {
     pub dir: tempfile::TempDir,
