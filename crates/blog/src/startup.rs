@@ -9,7 +9,7 @@ use blog_gateway::ClientBackend;
 use blog_kit::CancellationToken;
 use blog_kit::client::HttpClient;
 use blog_kit::serve::Service;
-use blog_storage::StorageError;
+use blog_bus::BuildError;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -18,9 +18,9 @@ use crate::settings::{ServiceKind, Settings, reachable};
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("{service}: {source}")]
-    Storage {
+    Build {
         service: &'static str,
-        source: StorageError,
+        source: BuildError,
     },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -35,7 +35,7 @@ pub enum StartupError {
 
 /// Builds one part of the system from `settings`.
 pub async fn build(kind: ServiceKind, settings: &Settings) -> Result<Service, StartupError> {
-    let storage = |source| StartupError::Storage {
+    let storage = |source: BuildError| StartupError::Build {
         service: kind.name(),
         source,
     };
@@ -53,7 +53,9 @@ pub async fn build(kind: ServiceKind, settings: &Settings) -> Result<Service, St
             bus.cors = settings.cors.clone();
             bus.body_limit = settings.body_limit;
             bus.http = settings.http.clone();
-            blog_event_bus::build(&bus).await.map_err(storage)?
+            blog_event_bus::build(&bus)
+                .await
+                .map_err(|e| storage(e.into()))?
         }
         ServiceKind::Gateway => blog_gateway::build(&blog_gateway::Config {
             posts_url: settings.posts_url.clone(),

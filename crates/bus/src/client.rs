@@ -1,14 +1,24 @@
+use std::time::Duration;
+
 use blog_events::Envelope;
 use blog_kit::client::{ClientError, HttpClient};
 use bytes::Bytes;
 use serde_json::Value;
+
+use crate::nats::Nats;
 
 /// Which bus the services talk to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BusConfig {
     /// The course's HTTP event bus (ours or the Node one) at this base URL.
     Http { url: String },
+    /// NATS JetStream: the server URL and the stream holding the blog's events
+    /// (subjects `<stream>.events.<Type>`).
+    Nats { url: String, stream: String },
 }
+
+/// The JetStream stream name used unless configured otherwise.
+pub const DEFAULT_STREAM: &str = "BLOG";
 
 impl std::str::FromStr for BusConfig {
     type Err = String;
@@ -17,9 +27,14 @@ impl std::str::FromStr for BusConfig {
         let s = s.trim().trim_end_matches('/');
         if s.starts_with("http://") {
             Ok(BusConfig::Http { url: s.to_owned() })
+        } else if s.starts_with("nats://") {
+            Ok(BusConfig::Nats {
+                url: s.to_owned(),
+                stream: DEFAULT_STREAM.to_owned(),
+            })
         } else {
             Err(format!(
-                "unsupported bus URL {s:?}: expected http://HOST:PORT"
+                "unsupported bus URL {s:?}: expected http://HOST:PORT (the HTTP event bus) or nats://HOST:PORT (JetStream)"
             ))
         }
     }
@@ -29,6 +44,7 @@ impl std::fmt::Display for BusConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BusConfig::Http { url } => f.write_str(url),
+            BusConfig::Nats { url, stream } => write!(f, "{url} (stream {stream})"),
         }
     }
 }
@@ -41,68 +57,102 @@ pub enum BusError {
     Refused { status: u16, body: String },
     #[error("bus sent something that is not an event list: {0}")]
     Malformed(String),
+    #[error("NATS: {0}")]
+    Nats(String),
 }
 
 /// A connection to the bus.
 #[derive(Debug, Clone)]
 pub struct BusClient {
-    config: BusConfig,
-    http: HttpClient,
+    inner: Inner,
+}
+
+#[derive(Debug, Clone)]
+enum Inner {
+    Http { url: String, http: HttpClient },
+    Nats(Nats),
 }
 
 impl BusClient {
-    pub fn new(config: BusConfig, http: HttpClient) -> Self {
-        Self { config, http }
+    /// Connects to the bus. For NATS the connection is made in the background
+    /// and retried, so a service starts (and reports not ready) while NATS is down.
+    pub async fn connect(config: &BusConfig, http: HttpClient) -> Result<Self, BusError> {
+        let inner = match config {
+            BusConfig::Http { url } => Inner::Http {
+                url: url.clone(),
+                http,
+            },
+            BusConfig::Nats { url, stream } => Inner::Nats(Nats::connect(url, stream).await?),
+        };
+        Ok(Self { inner })
     }
 
-    pub fn config(&self) -> &BusConfig {
-        &self.config
+    pub(crate) fn nats(&self) -> Option<&Nats> {
+        match &self.inner {
+            Inner::Nats(nats) => Some(nats),
+            Inner::Http { .. } => None,
+        }
     }
 
     /// Hands one event (its JSON) to the bus; `Ok` once the bus has stored it.
-    pub async fn publish(&self, body: &str) -> Result<(), BusError> {
-        let BusConfig::Http { url } = &self.config;
-        let (status, answer) = self
-            .http
-            .post_json(
-                &format!("{url}/events"),
-                Bytes::copy_from_slice(body.as_bytes()),
-            )
-            .await?;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(BusError::Refused {
-                status: status.as_u16(),
-                body: String::from_utf8_lossy(&answer).into_owned(),
-            })
+    pub async fn publish(&self, event_id: &str, body: &str) -> Result<(), BusError> {
+        match &self.inner {
+            Inner::Http { url, http } => {
+                let (status, answer) = http
+                    .post_json(&format!("{url}/events"), Bytes::copy_from_slice(body.as_bytes()))
+                    .await?;
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(BusError::Refused {
+                        status: status.as_u16(),
+                        body: String::from_utf8_lossy(&answer).into_owned(),
+                    })
+                }
+            }
+            Inner::Nats(nats) => nats.publish(event_id, body).await,
         }
     }
 
     /// Every stored event after `seq`, oldest first. A course bus ignores
     /// `after` and sends them all; consumers deduplicate.
     pub async fn events_after(&self, seq: i64) -> Result<Vec<Value>, BusError> {
-        let BusConfig::Http { url } = &self.config;
-        let (status, body) = self.http.get(&format!("{url}/events?after={seq}")).await?;
-        if !status.is_success() {
-            return Err(BusError::Refused {
-                status: status.as_u16(),
-                body: String::from_utf8_lossy(&body).into_owned(),
-            });
-        }
-        match serde_json::from_slice(&body) {
-            Ok(Value::Array(events)) => Ok(events),
-            Ok(_) => Err(BusError::Malformed("expected a JSON array".into())),
-            Err(e) => Err(BusError::Malformed(e.to_string())),
+        match &self.inner {
+            Inner::Http { url, http } => {
+                let (status, body) = http.get(&format!("{url}/events?after={seq}")).await?;
+                if !status.is_success() {
+                    return Err(BusError::Refused {
+                        status: status.as_u16(),
+                        body: String::from_utf8_lossy(&body).into_owned(),
+                    });
+                }
+                match serde_json::from_slice(&body) {
+                    Ok(Value::Array(events)) => Ok(events),
+                    Ok(_) => Err(BusError::Malformed("expected a JSON array".into())),
+                    Err(e) => Err(BusError::Malformed(e.to_string())),
+                }
+            }
+            Inner::Nats(nats) => nats.events_after(seq).await,
         }
     }
 
-    /// Whether the bus answers at all (any HTTP answer will do: the course
-    /// bus has no health route).
+    /// Whether the bus answers (any HTTP answer will do: the course bus has
+    /// no health route; for NATS, a live connection).
     pub async fn reachable(&self) -> Result<(), BusError> {
-        let BusConfig::Http { url } = &self.config;
-        self.http.get(&format!("{url}/healthz")).await?;
-        Ok(())
+        match &self.inner {
+            Inner::Http { url, http } => {
+                http.get(&format!("{url}/healthz")).await?;
+                Ok(())
+            }
+            Inner::Nats(nats) => nats.reachable().await,
+        }
+    }
+
+    /// Sends what is buffered before the process exits.
+    pub async fn flush(&self) {
+        if let Inner::Nats(nats) = &self.inner {
+            let _ = tokio::time::timeout(Duration::from_secs(5), nats.flush()).await;
+        }
     }
 }
 

@@ -55,6 +55,10 @@ impl<H: Handler> Consumer<H> {
         &self.handler
     }
 
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
     pub async fn receive(&self, envelope: &Envelope) -> Result<Outcome, StorageError> {
         let (Some(event), Some(key)) = (&envelope.event, envelope.dedup_key()) else {
             return Ok(Outcome::Ignored);
@@ -84,8 +88,20 @@ fn refuse(e: blog_events::EventError) -> ApiError {
     }])
 }
 
+/// `GET /dead-letters` (ours): events set aside as never handleable.
+async fn dead_letters<H: Handler>(State(consumer): State<Arc<Consumer<H>>>) -> Result<axum::Json<Value>, ApiError> {
+    let letters = inbox::dead_letters(&consumer.db).await?;
+    Ok(axum::Json(Value::Array(
+        letters
+            .into_iter()
+            .map(|(seq, subject, reason)| json!({"seq": seq, "subject": subject, "reason": reason}))
+            .collect(),
+    )))
+}
+
 /// `POST /events`: where the HTTP bus delivers. Answers 200 `{}` once the
-/// event is applied (or known, or of a type this service ignores).
+/// event is applied (or known, or of a type this service ignores). Also
+/// `GET /dead-letters`.
 pub fn events_route<H: Handler>(consumer: Arc<Consumer<H>>) -> Router {
     async fn receive<H: Handler>(
         State(consumer): State<Arc<Consumer<H>>>,
@@ -101,6 +117,7 @@ pub fn events_route<H: Handler>(consumer: Arc<Consumer<H>>) -> Router {
     }
     Router::new()
         .route("/events", post(receive::<H>))
+        .route("/dead-letters", axum::routing::get(dead_letters::<H>))
         .with_state(consumer)
 }
 
@@ -112,6 +129,16 @@ pub fn ignore_events_route() -> Router {
         Ok(axum::Json(json!({})))
     }
     Router::new().route("/events", post(receive))
+}
+
+/// Runs this service's consumption until `shutdown`. On the HTTP bus, events
+/// are pushed to `POST /events`, and this only catches up once at start; on
+/// NATS it pulls from the service's durable consumer, named `durable`.
+pub async fn consume<H: Handler>(consumer: Arc<Consumer<H>>, bus: BusClient, durable: &'static str, shutdown: CancellationToken) {
+    match bus.nats() {
+        Some(nats) => nats.consume(durable, consumer, shutdown).await,
+        None => catch_up(consumer, bus, shutdown).await,
+    }
 }
 
 /// Applies every event the bus stored after this service's cursor, retrying

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use blog_kit::CancellationToken;
-use blog_storage::{Db, outbox};
+use blog_storage::{Db, Engine, outbox};
 
 use crate::BusClient;
 
@@ -38,11 +38,18 @@ pub async fn relay(db: Db, bus: BusClient, shutdown: CancellationToken) {
     }
 }
 
-async fn drain(
-    db: &Db,
-    bus: &BusClient,
-    shutdown: &CancellationToken,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+async fn drain(db: &Db, bus: &BusClient, shutdown: &CancellationToken) -> Result<(), Failure> {
+    match db.engine() {
+        Engine::Sqlite => drain_single(db, bus, shutdown).await,
+        Engine::Postgres => drain_shared(db, bus, shutdown).await,
+    }
+}
+
+/// One relay per database (SQLite, one process): read, publish, delete,
+/// without holding the write lock while the bus answers.
+async fn drain_single(db: &Db, bus: &BusClient, shutdown: &CancellationToken) -> Result<(), Failure> {
     loop {
         let batch = outbox::peek(db, 64).await?;
         if batch.is_empty() {
@@ -52,9 +59,31 @@ async fn drain(
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            bus.publish(&pending.body).await?;
+            bus.publish(&pending.event_id, &pending.body).await?;
             outbox::remove(db, pending.seq).await?;
             tracing::debug!(event_id = %pending.event_id, "relayed");
+        }
+    }
+}
+
+/// Replicas share the outbox (PostgreSQL): each claims rows the others do
+/// not hold, and its deletes commit only with the whole batch published. A
+/// failure mid-batch rolls back, and the resends are deduplicated by id.
+async fn drain_shared(db: &Db, bus: &BusClient, shutdown: &CancellationToken) -> Result<(), Failure> {
+    loop {
+        let mut tx = db.begin().await?;
+        let batch = outbox::claim(&mut tx, 64).await?;
+        if batch.is_empty() {
+            tx.rollback().await?;
+            return Ok(());
+        }
+        for pending in &batch {
+            bus.publish(&pending.event_id, &pending.body).await?;
+            outbox::remove_claimed(&mut tx, pending.seq).await?;
+        }
+        tx.commit().await?;
+        if shutdown.is_cancelled() {
+            return Ok(());
         }
     }
 }

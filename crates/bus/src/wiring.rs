@@ -1,9 +1,9 @@
 use blog_kit::client::HttpClient;
 use blog_kit::health::ReadyCheck;
 use blog_kit::http::{CorsOrigins, DEFAULT_BODY_LIMIT};
-use blog_storage::{Db, StorageConfig};
+use blog_storage::{Db, StorageConfig, StorageError};
 
-use crate::{BusClient, BusConfig};
+use crate::{BusClient, BusConfig, BusError};
 
 /// What every service is configured with, whatever else it needs.
 #[derive(Debug, Clone)]
@@ -13,6 +13,15 @@ pub struct ServiceConfig {
     pub cors: CorsOrigins,
     pub body_limit: usize,
     pub http: HttpClient,
+}
+
+/// Why a service could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
 }
 
 impl ServiceConfig {
@@ -26,8 +35,8 @@ impl ServiceConfig {
         }
     }
 
-    pub fn bus_client(&self) -> BusClient {
-        BusClient::new(self.bus.clone(), self.http.clone())
+    pub async fn connect_bus(&self) -> Result<BusClient, BusError> {
+        BusClient::connect(&self.bus, self.http.clone()).await
     }
 }
 

@@ -19,10 +19,11 @@ impl Handler for Moderated {
             tracing::warn!(comment = %moderated.id, "moderation for an unknown comment ignored");
             return Ok(false);
         };
-        if moderated.status.rank() <= comment.status.rank() {
+        if moderated.status.rank() <= comment.status.rank()
+            || !store::decide(tx, &moderated.id, moderated.status).await?
+        {
             return Ok(false);
         }
-        store::set_status(tx, &moderated.id, moderated.status).await?;
         let updated = Envelope::new(Event::CommentUpdated(CommentUpdated {
             id: moderated.id.clone(),
             post_id: comment.post_id,

@@ -9,9 +9,9 @@ mod store;
 
 use std::sync::Arc;
 
-use blog_bus::{Consumer, ServiceConfig, catch_up, events_route, readiness, relay};
+use blog_bus::{Consumer, BuildError, ServiceConfig, consume, events_route, readiness, relay};
 use blog_kit::serve::Service;
-use blog_storage::{Db, Migrator, StorageError};
+use blog_storage::{Db, Migrations};
 
 pub use domain::{CommentContent, PostId};
 pub use handler::Moderated;
@@ -19,11 +19,14 @@ pub use handler::Moderated;
 pub const NAME: &str = "comments";
 pub const DEFAULT_PORT: u16 = 4001;
 
-static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static MIGRATIONS: Migrations = Migrations {
+    sqlite: sqlx::migrate!("./migrations/sqlite"),
+    postgres: sqlx::migrate!("./migrations/postgres"),
+};
 
-pub async fn build(config: &ServiceConfig) -> Result<Service, StorageError> {
+pub async fn build(config: &ServiceConfig) -> Result<Service, BuildError> {
     let db = Db::open(&config.storage, NAME, &MIGRATIONS).await?;
-    let bus = config.bus_client();
+    let bus = config.connect_bus().await?;
     let consumer = Arc::new(Consumer::new(db.clone(), Moderated));
     let router = routes::router(Arc::new(db.clone()))
         .merge(events_route(consumer.clone()))
@@ -32,5 +35,5 @@ pub async fn build(config: &ServiceConfig) -> Result<Service, StorageError> {
     let catch_up_bus = bus.clone();
     Ok(Service::new(NAME, router)
         .with_task(move |shutdown| relay(db, bus, shutdown))
-        .with_task(move |shutdown| catch_up(consumer, catch_up_bus, shutdown)))
+        .with_task(move |shutdown| consume(consumer, catch_up_bus, NAME, shutdown)))
 }

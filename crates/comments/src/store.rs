@@ -88,11 +88,14 @@ pub async fn find(tx: &mut Tx, id: &str) -> Result<Option<StoredComment>, Storag
     .transpose()
 }
 
-pub async fn set_status(tx: &mut Tx, id: &str, status: Status) -> Result<(), StorageError> {
-    sqlx::query("UPDATE comments SET status = $1 WHERE id = $2")
+/// Moves a pending comment to its decided status. Returns false when it was
+/// already decided: the first decision wins, atomically, across replicas.
+pub async fn decide(tx: &mut Tx, id: &str, status: Status) -> Result<bool, StorageError> {
+    let done = sqlx::query("UPDATE comments SET status = $1 WHERE id = $2 AND status = $3")
         .bind(status.as_str())
         .bind(id)
+        .bind(Status::Pending.as_str())
         .execute(&mut **tx)
         .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }

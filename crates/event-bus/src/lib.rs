@@ -12,7 +12,7 @@ use std::sync::Arc;
 use blog_kit::client::HttpClient;
 use blog_kit::http::{CorsOrigins, DEFAULT_BODY_LIMIT};
 use blog_kit::serve::Service;
-use blog_storage::{Db, Migrator, StorageConfig, StorageError};
+use blog_storage::{Db, Migrations, StorageConfig, StorageError};
 
 pub use delivery::Subscriber;
 pub use log::EventLog;
@@ -20,7 +20,10 @@ pub use log::EventLog;
 pub const NAME: &str = "event-bus";
 pub const DEFAULT_PORT: u16 = 4005;
 
-static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static MIGRATIONS: Migrations = Migrations {
+    sqlite: sqlx::migrate!("./migrations/sqlite"),
+    postgres: sqlx::migrate!("./migrations/postgres"),
+};
 
 /// The course's subscribers, on localhost.
 pub fn default_subscribers() -> Vec<String> {

@@ -6,9 +6,9 @@ mod policy;
 
 use std::sync::Arc;
 
-use blog_bus::{Consumer, ServiceConfig, catch_up, events_route, readiness, relay};
+use blog_bus::{Consumer, BuildError, ServiceConfig, consume, events_route, readiness, relay};
 use blog_kit::serve::Service;
-use blog_storage::{Db, Migrator, StorageError};
+use blog_storage::{Db, Migrations};
 
 pub use handler::Moderator;
 pub use policy::Policy;
@@ -16,11 +16,14 @@ pub use policy::Policy;
 pub const NAME: &str = "moderation";
 pub const DEFAULT_PORT: u16 = 4003;
 
-static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static MIGRATIONS: Migrations = Migrations {
+    sqlite: sqlx::migrate!("./migrations/sqlite"),
+    postgres: sqlx::migrate!("./migrations/postgres"),
+};
 
-pub async fn build(config: &ServiceConfig, policy: Policy) -> Result<Service, StorageError> {
+pub async fn build(config: &ServiceConfig, policy: Policy) -> Result<Service, BuildError> {
     let db = Db::open(&config.storage, NAME, &MIGRATIONS).await?;
-    let bus = config.bus_client();
+    let bus = config.connect_bus().await?;
     let consumer = Arc::new(Consumer::new(db.clone(), Moderator::new(policy)));
     let router = events_route(consumer.clone())
         .merge(blog_kit::health::routes(readiness(db.clone(), bus.clone())));
@@ -28,5 +31,5 @@ pub async fn build(config: &ServiceConfig, policy: Policy) -> Result<Service, St
     let catch_up_bus = bus.clone();
     Ok(Service::new(NAME, router)
         .with_task(move |shutdown| relay(db, bus, shutdown))
-        .with_task(move |shutdown| catch_up(consumer, catch_up_bus, shutdown)))
+        .with_task(move |shutdown| consume(consumer, catch_up_bus, NAME, shutdown)))
 }

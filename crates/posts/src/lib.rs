@@ -7,21 +7,24 @@ mod store;
 
 use std::sync::Arc;
 
-use blog_bus::{ServiceConfig, ignore_events_route, readiness, relay};
+use blog_bus::{BuildError, ServiceConfig, ignore_events_route, readiness, relay};
 use blog_kit::serve::Service;
-use blog_storage::{Db, Migrator, StorageError};
+use blog_storage::{Db, Migrations};
 
 pub use domain::PostTitle;
 
 pub const NAME: &str = "posts";
 pub const DEFAULT_PORT: u16 = 4000;
 
-static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static MIGRATIONS: Migrations = Migrations {
+    sqlite: sqlx::migrate!("./migrations/sqlite"),
+    postgres: sqlx::migrate!("./migrations/postgres"),
+};
 
 /// Opens the posts database and builds the service.
-pub async fn build(config: &ServiceConfig) -> Result<Service, StorageError> {
+pub async fn build(config: &ServiceConfig) -> Result<Service, BuildError> {
     let db = Db::open(&config.storage, NAME, &MIGRATIONS).await?;
-    let bus = config.bus_client();
+    let bus = config.connect_bus().await?;
     let router = routes::router(Arc::new(db.clone()))
         .merge(ignore_events_route())
         .merge(blog_kit::health::routes(readiness(db.clone(), bus.clone())));

@@ -9,10 +9,10 @@ mod routes;
 
 use std::sync::Arc;
 
-use blog_bus::{Consumer, ServiceConfig, catch_up, events_route, readiness};
+use blog_bus::{Consumer, BuildError, ServiceConfig, consume, events_route, readiness};
 use blog_kit::CancellationToken;
 use blog_kit::serve::Service;
-use blog_storage::{Db, Migrator, StorageError};
+use blog_storage::{Db, Migrations};
 
 pub use handler::Projector;
 pub use model::ReadModel;
@@ -20,11 +20,14 @@ pub use model::ReadModel;
 pub const NAME: &str = "query";
 pub const DEFAULT_PORT: u16 = 4002;
 
-static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static MIGRATIONS: Migrations = Migrations {
+    sqlite: sqlx::migrate!("./migrations/sqlite"),
+    postgres: sqlx::migrate!("./migrations/postgres"),
+};
 
-pub async fn build(config: &ServiceConfig) -> Result<Service, StorageError> {
+pub async fn build(config: &ServiceConfig) -> Result<Service, BuildError> {
     let db = Db::open(&config.storage, NAME, &MIGRATIONS).await?;
-    let bus = config.bus_client();
+    let bus = config.connect_bus().await?;
     let model = Arc::new(ReadModel::new(db.clone()));
     let (changed_tx, changed_rx) = tokio::sync::mpsc::unbounded_channel();
     let live = live::Live::new(model.clone());
@@ -43,7 +46,7 @@ pub async fn build(config: &ServiceConfig) -> Result<Service, StorageError> {
     .merge(blog_kit::health::routes(readiness(db, bus.clone())));
     let router = blog_kit::http::finish(router, &config.cors, config.body_limit);
     Ok(Service::new(NAME, router)
-        .with_task(move |shutdown| catch_up(consumer, bus, shutdown))
+        .with_task(move |shutdown| consume(consumer, bus, NAME, shutdown))
         .with_task(move |shutdown| live.render(changed_rx, shutdown))
         .with_task(move |shutdown| async move {
             shutdown.cancelled().await;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyPool};
+use sqlx::{Any, AnyPool, AssertSqlSafe};
 use tokio::sync::Notify;
 
 /// A write transaction on a service's database.
@@ -17,10 +17,11 @@ pub enum StorageError {
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot create data directory {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("invalid PostgreSQL URL {0:?}: expected postgres://[user[:password]@]host[:port][/database]")]
+    PostgresUrl(String),
+    #[error("invalid database name {0:?}: use lowercase letters, digits and _")]
+    DatabaseName(String),
 }
 
 /// Where a service keeps its data.
@@ -28,11 +29,25 @@ pub enum StorageError {
 pub enum StorageConfig {
     /// One SQLite file per service under this directory.
     Sqlite { data_dir: PathBuf },
+    /// One PostgreSQL database per service on this server: `database` if
+    /// given, else `<prefix><service>` (`blog_posts`, ...), created if missing.
+    Postgres {
+        server: String,
+        database: Option<String>,
+        prefix: String,
+    },
+}
+
+/// A service's migrations, one set per engine.
+pub struct Migrations {
+    pub sqlite: Migrator,
+    pub postgres: Migrator,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
     Sqlite,
+    Postgres,
 }
 
 /// A service's database, with a signal that wakes its outbox relay on commit.
@@ -40,7 +55,79 @@ pub enum Engine {
 pub struct Db {
     pool: AnyPool,
     engine: Engine,
+    /// The database's own URL, for PostgreSQL (listeners connect to it).
+    url: String,
     outbox_written: Arc<Notify>,
+}
+
+/// `url` with its database replaced by `database` (query string kept).
+pub fn with_database(url: &str, database: &str) -> Result<String, StorageError> {
+    let bad = || StorageError::PostgresUrl(url.to_owned());
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .ok_or_else(bad)?;
+    let (before_query, query) = match rest.split_once('?') {
+        Some((a, q)) => (a, Some(q)),
+        None => (rest, None),
+    };
+    let authority = before_query.split('/').next().unwrap_or("");
+    if authority.is_empty() {
+        return Err(bad());
+    }
+    let mut out = format!("postgres://{authority}/{database}");
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    Ok(out)
+}
+
+fn valid_database_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl StorageConfig {
+    /// The database a service gets on PostgreSQL.
+    pub fn postgres_database(prefix: &str, service: &str) -> String {
+        format!("{prefix}{}", service.replace('-', "_"))
+    }
+}
+
+async fn connect_postgres(server: &str, database: &str) -> Result<(AnyPool, String), StorageError> {
+    if !valid_database_name(database) {
+        return Err(StorageError::DatabaseName(database.to_owned()));
+    }
+    let url = with_database(server, database)?;
+    let options = || {
+        AnyPoolOptions::new()
+            .max_connections(8)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .idle_timeout(Duration::from_secs(300))
+    };
+    match options().connect(&url).await {
+        Ok(pool) => Ok((pool, url)),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
+            // The database does not exist yet: create it from the server's
+            // maintenance database. A concurrent replica may win the race.
+            let admin = AnyPoolOptions::new().max_connections(1).connect(server).await?;
+            let created = sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{database}\"")))
+                .execute(&admin)
+                .await;
+            admin.close().await;
+            match created {
+                Ok(_) => {}
+                Err(sqlx::Error::Database(e))
+                    if matches!(e.code().as_deref(), Some("42P04") | Some("23505")) => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok((options().connect(&url).await?, url))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl Db {
@@ -49,10 +136,10 @@ impl Db {
     pub async fn open(
         config: &StorageConfig,
         service: &str,
-        migrations: &Migrator,
+        migrations: &Migrations,
     ) -> Result<Self, StorageError> {
         install_default_drivers();
-        let (pool, engine) = match config {
+        let (pool, engine, url) = match config {
             StorageConfig::Sqlite { data_dir } => {
                 std::fs::create_dir_all(data_dir).map_err(|source| StorageError::DataDir {
                     path: data_dir.clone(),
@@ -71,18 +158,34 @@ impl Db {
                 sqlx::query("PRAGMA journal_mode=WAL")
                     .fetch_all(&pool)
                     .await?;
-                (pool, Engine::Sqlite)
+                (pool, Engine::Sqlite, url)
+            }
+            StorageConfig::Postgres {
+                server,
+                database,
+                prefix,
+            } => {
+                let name = database
+                    .clone()
+                    .unwrap_or_else(|| StorageConfig::postgres_database(prefix, service));
+                let (pool, url) = connect_postgres(server, &name).await?;
+                (pool, Engine::Postgres, url)
             }
         };
-        // Migrations every service shares (outbox, processed events, cursor),
-        // kept in their own history table so each service's own number freely.
-        let mut shared = sqlx::migrate!("./migrations/sqlite");
+        // Migrations every service shares (outbox, processed events, cursor,
+        // dead letters), kept in their own history table so each service's
+        // own migrations number freely.
+        let (mut shared, own) = match engine {
+            Engine::Sqlite => (sqlx::migrate!("./migrations/sqlite"), &migrations.sqlite),
+            Engine::Postgres => (sqlx::migrate!("./migrations/postgres"), &migrations.postgres),
+        };
         shared.dangerous_set_table_name("_blog_shared_migrations");
         shared.run(&pool).await?;
-        migrations.run(&pool).await?;
+        own.run(&pool).await?;
         Ok(Self {
             pool,
             engine,
+            url,
             outbox_written: Arc::new(Notify::new()),
         })
     }
@@ -95,11 +198,17 @@ impl Db {
         &self.pool
     }
 
+    /// The database's URL (for PostgreSQL listeners).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// Starts a transaction that will write. On SQLite it takes the write lock
     /// up front, so two writers queue instead of failing on upgrade.
     pub async fn begin(&self) -> Result<Tx, StorageError> {
         let tx = match self.engine {
             Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Engine::Postgres => self.pool.begin().await?,
         };
         Ok(tx)
     }
@@ -132,5 +241,27 @@ impl Db {
 impl From<StorageError> for blog_kit::ApiError {
     fn from(e: StorageError) -> Self {
         blog_kit::ApiError::Unavailable(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_database_of_a_url() {
+        let cases = [
+            ("postgres://127.0.0.1:5432/postgres", "postgres://127.0.0.1:5432/blog_posts"),
+            ("postgres://u:p@db", "postgres://u:p@db/blog_posts"),
+            ("postgresql://db/x?sslmode=disable", "postgres://db/blog_posts?sslmode=disable"),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(with_database(url, "blog_posts").expect("valid"), expected);
+        }
+        assert!(with_database("mysql://db/x", "y").is_err());
+        assert!(with_database("postgres:///x", "y").is_err());
+        assert!(valid_database_name("blog_event_bus"));
+        assert!(!valid_database_name("Blog; DROP"));
+        assert_eq!(StorageConfig::postgres_database("blog_", "event-bus"), "blog_event_bus");
     }
 }

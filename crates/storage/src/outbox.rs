@@ -56,3 +56,30 @@ pub async fn len(db: &Db) -> Result<i64, StorageError> {
         .fetch_one(db.pool())
         .await?)
 }
+
+/// Claims up to `limit` of the oldest events in `tx`, skipping rows another
+/// replica's relay holds (PostgreSQL), so several relays share the outbox.
+pub async fn claim(tx: &mut Tx, limit: i64) -> Result<Vec<Pending>, StorageError> {
+    let rows = sqlx::query("SELECT seq, event_id, body FROM outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED")
+        .bind(limit)
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.into_iter()
+        .map(|row| {
+            Ok(Pending {
+                seq: row.try_get("seq")?,
+                event_id: row.try_get("event_id")?,
+                body: row.try_get("body")?,
+            })
+        })
+        .collect()
+}
+
+/// Forgets a claimed event once the bus acknowledged it; final at commit.
+pub async fn remove_claimed(tx: &mut Tx, seq: i64) -> Result<(), StorageError> {
+    sqlx::query("DELETE FROM outbox WHERE seq = $1")
+        .bind(seq)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
