@@ -10,7 +10,7 @@ use blog_kit::http::CorsOrigins;
 use blog_moderation::Policy;
 use clap::{Args, Parser, Subcommand};
 
-use crate::settings::{ServiceKind, Settings};
+use crate::settings::{Postgres, ServiceKind, Settings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -57,12 +57,27 @@ pub struct CommonArgs {
     /// Directory of the built React client, served by the gateway and the client server.
     #[arg(long, env = "BLOG_CLIENT_DIR", default_value = "client/dist")]
     pub client_dir: PathBuf,
+    /// Keep data in PostgreSQL instead of SQLite files: a server URL
+    /// (postgres://user@host:5432/postgres). Each service gets its own
+    /// database, created and migrated at start.
+    #[arg(long, env = "BLOG_POSTGRES")]
+    pub postgres: Option<String>,
+    /// With --postgres: each service's database is named <prefix><service>.
+    #[arg(long, env = "BLOG_POSTGRES_DB_PREFIX", default_value = "blog_")]
+    pub postgres_db_prefix: String,
+    /// With a nats:// bus: the JetStream stream (and subject prefix) of the blog's events.
+    #[arg(long, env = "BLOG_NATS_STREAM", default_value = blog_bus::DEFAULT_STREAM)]
+    pub nats_stream: String,
 }
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// The event bus: empty for the embedded HTTP event bus (run by `up`), or
+    /// nats://HOST:PORT for NATS JetStream.
+    #[arg(long, env = "BLOG_BUS")]
+    pub bus: Option<BusConfig>,
     /// Gateway port: open http://127.0.0.1:<port>/ in a browser. 0 picks a free port.
     #[arg(long, env = "BLOG_GATEWAY_PORT", default_value_t = 8080)]
     pub gateway_port: u16,
@@ -88,9 +103,12 @@ pub struct ServeArgs {
     /// Port to listen on [default: the course port of the service; gateway 8080, client 3000].
     #[arg(long, env = "BLOG_PORT")]
     pub port: Option<u16>,
-    /// The event bus: the HTTP event bus's base URL.
+    /// The event bus: the HTTP event bus's base URL, or nats://HOST:PORT for NATS JetStream.
     #[arg(long, env = "BLOG_BUS", default_value = "http://127.0.0.1:4005")]
     pub bus: BusConfig,
+    /// With --postgres: this service's own database URL, overriding <prefix><service>.
+    #[arg(long, env = "BLOG_DATABASE_URL")]
+    pub database_url: Option<String>,
     /// Event bus only: the subscribers' `POST /events` URLs, comma-separated.
     #[arg(
         long,
@@ -124,13 +142,32 @@ impl CommonArgs {
         settings.body_limit = self.body_limit;
         settings.policy = self.blocked_words.clone();
         settings.client_dir = self.client_dir.clone();
+        settings.postgres = self.postgres.as_ref().map(|server| Postgres {
+            server: server.clone(),
+            prefix: self.postgres_db_prefix.clone(),
+            database: None,
+        });
         settings
+    }
+
+    fn with_stream(&self, bus: BusConfig) -> BusConfig {
+        match bus {
+            BusConfig::Nats { url, .. } => BusConfig::Nats {
+                url,
+                stream: self.nats_stream.clone(),
+            },
+            http => http,
+        }
     }
 }
 
 impl UpArgs {
     pub fn settings(&self) -> Settings {
-        self.common.settings()
+        let mut settings = self.common.settings();
+        if let Some(bus) = &self.bus {
+            settings.bus = self.common.with_stream(bus.clone());
+        }
+        settings
     }
 
     pub fn ports(&self) -> crate::startup::Ports {
@@ -150,7 +187,14 @@ impl UpArgs {
 impl ServeArgs {
     pub fn settings(&self) -> Settings {
         let mut settings = self.common.settings();
-        settings.bus = self.bus.clone();
+        settings.bus = self.common.with_stream(self.bus.clone());
+        if let Some(url) = &self.database_url {
+            settings.postgres = Some(Postgres {
+                server: url.clone(),
+                prefix: self.common.postgres_db_prefix.clone(),
+                database: blog_storage::database_of(url),
+            });
+        }
         settings.subscribers = self
             .subscribers
             .iter()
@@ -212,6 +256,57 @@ mod tests {
 
     fn blog_events_status_rejected() -> blog_events::Status {
         blog_events::Status::Rejected
+    }
+
+    #[test]
+    fn engines_are_chosen_by_configuration() {
+        let cli = Cli::try_parse_from([
+            "blog",
+            "up",
+            "--bus",
+            "nats://127.0.0.1:4222",
+            "--nats-stream",
+            "T1",
+            "--postgres",
+            "postgres://db/postgres",
+        ])
+        .expect("valid");
+        let Command::Up(args) = cli.command else {
+            panic!("up")
+        };
+        let settings = args.settings();
+        assert_eq!(
+            settings.bus,
+            BusConfig::Nats {
+                url: "nats://127.0.0.1:4222".into(),
+                stream: "T1".into()
+            }
+        );
+        assert!(!settings.embedded_bus());
+        assert_eq!(
+            settings.storage(),
+            blog_storage::StorageConfig::Postgres {
+                server: "postgres://db/postgres".into(),
+                database: None,
+                prefix: "blog_".into()
+            }
+        );
+        let cli = Cli::try_parse_from([
+            "blog",
+            "serve",
+            "posts",
+            "--database-url",
+            "postgres://db/mine",
+        ])
+        .expect("valid");
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let blog_storage::StorageConfig::Postgres { database, .. } = args.settings().storage()
+        else {
+            panic!("pg")
+        };
+        assert_eq!(database.as_deref(), Some("mine"));
     }
 
     #[test]

@@ -76,6 +76,20 @@ pub struct Settings {
     pub client_url: Option<String>,
     pub client_dir: PathBuf,
     pub http: HttpClient,
+    /// PostgreSQL instead of SQLite: the server, and the prefix of each
+    /// service's database name.
+    pub postgres: Option<Postgres>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Postgres {
+    /// A server URL (its database, if any, is the maintenance database used
+    /// to create the services' databases).
+    pub server: String,
+    /// Each service's database is `<prefix><service>` ...
+    pub prefix: String,
+    /// ... unless this names the one database of the one service served.
+    pub database: Option<String>,
 }
 
 impl Settings {
@@ -97,13 +111,26 @@ impl Settings {
             client_url: None,
             client_dir: PathBuf::from("client/dist"),
             http: HttpClient::default(),
+            postgres: None,
         }
     }
 
     pub fn storage(&self) -> StorageConfig {
-        StorageConfig::Sqlite {
-            data_dir: self.data_dir.clone(),
+        match &self.postgres {
+            Some(pg) => StorageConfig::Postgres {
+                server: pg.server.clone(),
+                database: pg.database.clone(),
+                prefix: pg.prefix.clone(),
+            },
+            None => StorageConfig::Sqlite {
+                data_dir: self.data_dir.clone(),
+            },
         }
+    }
+
+    /// Whether the bus is the embedded HTTP event bus (which `blog up` runs).
+    pub fn embedded_bus(&self) -> bool {
+        matches!(self.bus, BusConfig::Http { .. })
     }
 
     pub fn service_config(&self) -> ServiceConfig {

@@ -4,12 +4,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use blog_bus::BuildError;
 use blog_bus::BusConfig;
 use blog_gateway::ClientBackend;
 use blog_kit::CancellationToken;
 use blog_kit::client::HttpClient;
 use blog_kit::serve::Service;
-use blog_bus::BuildError;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -190,9 +190,11 @@ pub fn wire(base: &Settings, addrs: &HashMap<ServiceKind, SocketAddr>) -> Settin
             .unwrap_or_default()
     };
     let mut settings = base.clone();
-    settings.bus = BusConfig::Http {
-        url: url_of(ServiceKind::EventBus),
-    };
+    if settings.embedded_bus() {
+        settings.bus = BusConfig::Http {
+            url: url_of(ServiceKind::EventBus),
+        };
+    }
     settings.subscribers = [
         ServiceKind::Posts,
         ServiceKind::Comments,
@@ -222,7 +224,11 @@ pub async fn up(
             .unwrap_or_else(|| kind.default_port())
     };
     let mut listeners = Vec::new();
-    for kind in ServiceKind::UP {
+    // On NATS there is no HTTP event bus to run.
+    for kind in ServiceKind::UP
+        .into_iter()
+        .filter(|k| *k != ServiceKind::EventBus || base.embedded_bus())
+    {
         listeners.push((kind, bind(SocketAddr::new(host, port(kind))).await?));
     }
     let addrs = listeners

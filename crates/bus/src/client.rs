@@ -99,7 +99,10 @@ impl BusClient {
         match &self.inner {
             Inner::Http { url, http } => {
                 let (status, answer) = http
-                    .post_json(&format!("{url}/events"), Bytes::copy_from_slice(body.as_bytes()))
+                    .post_json(
+                        &format!("{url}/events"),
+                        Bytes::copy_from_slice(body.as_bytes()),
+                    )
                     .await?;
                 if status.is_success() {
                     Ok(())

@@ -89,7 +89,9 @@ fn refuse(e: blog_events::EventError) -> ApiError {
 }
 
 /// `GET /dead-letters` (ours): events set aside as never handleable.
-async fn dead_letters<H: Handler>(State(consumer): State<Arc<Consumer<H>>>) -> Result<axum::Json<Value>, ApiError> {
+async fn dead_letters<H: Handler>(
+    State(consumer): State<Arc<Consumer<H>>>,
+) -> Result<axum::Json<Value>, ApiError> {
     let letters = inbox::dead_letters(&consumer.db).await?;
     Ok(axum::Json(Value::Array(
         letters
@@ -134,7 +136,12 @@ pub fn ignore_events_route() -> Router {
 /// Runs this service's consumption until `shutdown`. On the HTTP bus, events
 /// are pushed to `POST /events`, and this only catches up once at start; on
 /// NATS it pulls from the service's durable consumer, named `durable`.
-pub async fn consume<H: Handler>(consumer: Arc<Consumer<H>>, bus: BusClient, durable: &'static str, shutdown: CancellationToken) {
+pub async fn consume<H: Handler>(
+    consumer: Arc<Consumer<H>>,
+    bus: BusClient,
+    durable: &'static str,
+    shutdown: CancellationToken,
+) {
     match bus.nats() {
         Some(nats) => nats.consume(durable, consumer, shutdown).await,
         None => catch_up(consumer, bus, shutdown).await,

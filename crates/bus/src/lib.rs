@@ -14,7 +14,9 @@ mod relay;
 mod wiring;
 
 pub use client::{BusClient, BusConfig, BusError, DEFAULT_STREAM};
-pub use consumer::{Consumer, Handler, Outcome, catch_up, consume, events_route, ignore_events_route};
+pub use consumer::{
+    Consumer, Handler, Outcome, catch_up, consume, events_route, ignore_events_route,
+};
 pub use nats::MAX_DELIVER;
 pub use relay::relay;
 pub use wiring::{BuildError, ServiceConfig, readiness};

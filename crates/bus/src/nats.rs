@@ -37,7 +37,9 @@ pub struct Nats {
 
 impl std::fmt::Debug for Nats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Nats").field("stream", &self.stream).finish()
+        f.debug_struct("Nats")
+            .field("stream", &self.stream)
+            .finish()
     }
 }
 
@@ -121,7 +123,9 @@ impl Nats {
         let start = u64::try_from(seq).unwrap_or(0) + 1;
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
-                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: start },
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
                 ..Default::default()
             })
             .await
@@ -161,7 +165,12 @@ impl Nats {
 
     /// Applies this service's events from its durable consumer until
     /// `shutdown`, resuming from the consumer's ack floor after any failure.
-    pub async fn consume<H: Handler>(&self, durable: &str, consumer: Arc<Consumer<H>>, shutdown: CancellationToken) {
+    pub async fn consume<H: Handler>(
+        &self,
+        durable: &str,
+        consumer: Arc<Consumer<H>>,
+        shutdown: CancellationToken,
+    ) {
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.consume_once(durable, &consumer, &shutdown).await {
@@ -229,7 +238,10 @@ impl Nats {
             tracing::warn!("a JetStream message without metadata; ignored");
             return;
         };
-        let (seq, delivered) = (i64::try_from(info.stream_sequence).unwrap_or(i64::MAX), info.delivered);
+        let (seq, delivered) = (
+            i64::try_from(info.stream_sequence).unwrap_or(i64::MAX),
+            info.delivered,
+        );
         let subject = message.subject.to_string();
         let body = String::from_utf8_lossy(&message.payload).into_owned();
         let envelope = match Envelope::from_slice(&message.payload) {
@@ -239,8 +251,15 @@ impl Nats {
             }
             Err(e) => {
                 // It will never parse: set it aside and let the rest flow.
-                self.dead_letter(consumer, message, seq, &subject, &body, &format!("malformed: {e}"))
-                    .await;
+                self.dead_letter(
+                    consumer,
+                    message,
+                    seq,
+                    &subject,
+                    &body,
+                    &format!("malformed: {e}"),
+                )
+                .await;
                 return;
             }
         };
@@ -253,12 +272,21 @@ impl Nats {
                 }
             }
             Err(e) if delivered >= MAX_DELIVER => {
-                self.dead_letter(consumer, message, seq, &subject, &body, &format!("failed {delivered} times: {e}"))
-                    .await;
+                self.dead_letter(
+                    consumer,
+                    message,
+                    seq,
+                    &subject,
+                    &body,
+                    &format!("failed {delivered} times: {e}"),
+                )
+                .await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, seq, delivered, "handling failed; JetStream will redeliver");
-                let delay = BACKOFF[usize::try_from(delivered - 1).unwrap_or(0).min(BACKOFF.len() - 1)];
+                let delay = BACKOFF[usize::try_from(delivered - 1)
+                    .unwrap_or(0)
+                    .min(BACKOFF.len() - 1)];
                 let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
             }
         }

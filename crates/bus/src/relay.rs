@@ -49,7 +49,11 @@ async fn drain(db: &Db, bus: &BusClient, shutdown: &CancellationToken) -> Result
 
 /// One relay per database (SQLite, one process): read, publish, delete,
 /// without holding the write lock while the bus answers.
-async fn drain_single(db: &Db, bus: &BusClient, shutdown: &CancellationToken) -> Result<(), Failure> {
+async fn drain_single(
+    db: &Db,
+    bus: &BusClient,
+    shutdown: &CancellationToken,
+) -> Result<(), Failure> {
     loop {
         let batch = outbox::peek(db, 64).await?;
         if batch.is_empty() {
@@ -69,7 +73,11 @@ async fn drain_single(db: &Db, bus: &BusClient, shutdown: &CancellationToken) ->
 /// Replicas share the outbox (PostgreSQL): each claims rows the others do
 /// not hold, and its deletes commit only with the whole batch published. A
 /// failure mid-batch rolls back, and the resends are deduplicated by id.
-async fn drain_shared(db: &Db, bus: &BusClient, shutdown: &CancellationToken) -> Result<(), Failure> {
+async fn drain_shared(
+    db: &Db,
+    bus: &BusClient,
+    shutdown: &CancellationToken,
+) -> Result<(), Failure> {
     loop {
         let mut tx = db.begin().await?;
         let batch = outbox::claim(&mut tx, 64).await?;

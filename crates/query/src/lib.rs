@@ -9,7 +9,7 @@ mod routes;
 
 use std::sync::Arc;
 
-use blog_bus::{Consumer, BuildError, ServiceConfig, consume, events_route, readiness};
+use blog_bus::{BuildError, Consumer, ServiceConfig, consume, events_route, readiness};
 use blog_kit::CancellationToken;
 use blog_kit::serve::Service;
 use blog_storage::{Db, Migrations};

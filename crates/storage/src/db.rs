@@ -17,8 +17,13 @@ pub enum StorageError {
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot create data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
-    #[error("invalid PostgreSQL URL {0:?}: expected postgres://[user[:password]@]host[:port][/database]")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "invalid PostgreSQL URL {0:?}: expected postgres://[user[:password]@]host[:port][/database]"
+    )]
     PostgresUrl(String),
     #[error("invalid database name {0:?}: use lowercase letters, digits and _")]
     DatabaseName(String),
@@ -83,10 +88,21 @@ pub fn with_database(url: &str, database: &str) -> Result<String, StorageError> 
     Ok(out)
 }
 
+/// The database named in a PostgreSQL URL, if any.
+pub fn database_of(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))?;
+    let path = rest.split('?').next()?.split_once('/')?.1;
+    (!path.is_empty()).then(|| path.to_owned())
+}
+
 fn valid_database_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 impl StorageConfig {
@@ -113,7 +129,10 @@ async fn connect_postgres(server: &str, database: &str) -> Result<(AnyPool, Stri
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
             // The database does not exist yet: create it from the server's
             // maintenance database. A concurrent replica may win the race.
-            let admin = AnyPoolOptions::new().max_connections(1).connect(server).await?;
+            let admin = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(server)
+                .await?;
             let created = sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{database}\"")))
                 .execute(&admin)
                 .await;
@@ -177,7 +196,10 @@ impl Db {
         // own migrations number freely.
         let (mut shared, own) = match engine {
             Engine::Sqlite => (sqlx::migrate!("./migrations/sqlite"), &migrations.sqlite),
-            Engine::Postgres => (sqlx::migrate!("./migrations/postgres"), &migrations.postgres),
+            Engine::Postgres => (
+                sqlx::migrate!("./migrations/postgres"),
+                &migrations.postgres,
+            ),
         };
         shared.dangerous_set_table_name("_blog_shared_migrations");
         shared.run(&pool).await?;
@@ -251,17 +273,31 @@ mod tests {
     #[test]
     fn replaces_the_database_of_a_url() {
         let cases = [
-            ("postgres://127.0.0.1:5432/postgres", "postgres://127.0.0.1:5432/blog_posts"),
+            (
+                "postgres://127.0.0.1:5432/postgres",
+                "postgres://127.0.0.1:5432/blog_posts",
+            ),
             ("postgres://u:p@db", "postgres://u:p@db/blog_posts"),
-            ("postgresql://db/x?sslmode=disable", "postgres://db/blog_posts?sslmode=disable"),
+            (
+                "postgresql://db/x?sslmode=disable",
+                "postgres://db/blog_posts?sslmode=disable",
+            ),
         ];
         for (url, expected) in cases {
             assert_eq!(with_database(url, "blog_posts").expect("valid"), expected);
         }
         assert!(with_database("mysql://db/x", "y").is_err());
         assert!(with_database("postgres:///x", "y").is_err());
+        assert_eq!(
+            database_of("postgres://h:1/blog_x?a=b").as_deref(),
+            Some("blog_x")
+        );
+        assert_eq!(database_of("postgres://h:1"), None);
         assert!(valid_database_name("blog_event_bus"));
         assert!(!valid_database_name("Blog; DROP"));
-        assert_eq!(StorageConfig::postgres_database("blog_", "event-bus"), "blog_event_bus");
+        assert_eq!(
+            StorageConfig::postgres_database("blog_", "event-bus"),
+            "blog_event_bus"
+        );
     }
 }

@@ -33,14 +33,22 @@ pub async fn last_seq(db: &Db) -> Result<i64, StorageError> {
 }
 
 /// Sets aside an event that can never be handled, with why.
-pub async fn dead_letter(db: &Db, bus_seq: i64, subject: &str, body: &str, reason: &str) -> Result<(), StorageError> {
-    sqlx::query("INSERT INTO dead_letters (bus_seq, subject, body, reason) VALUES ($1, $2, $3, $4)")
-        .bind(bus_seq)
-        .bind(subject)
-        .bind(body)
-        .bind(reason)
-        .execute(db.pool())
-        .await?;
+pub async fn dead_letter(
+    db: &Db,
+    bus_seq: i64,
+    subject: &str,
+    body: &str,
+    reason: &str,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "INSERT INTO dead_letters (bus_seq, subject, body, reason) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(bus_seq)
+    .bind(subject)
+    .bind(body)
+    .bind(reason)
+    .execute(db.pool())
+    .await?;
     Ok(())
 }
 
@@ -51,6 +59,12 @@ pub async fn dead_letters(db: &Db) -> Result<Vec<(i64, String, String)>, Storage
         .fetch_all(db.pool())
         .await?;
     rows.iter()
-        .map(|r| Ok((r.try_get("bus_seq")?, r.try_get("subject")?, r.try_get("reason")?)))
+        .map(|r| {
+            Ok((
+                r.try_get("bus_seq")?,
+                r.try_get("subject")?,
+                r.try_get("reason")?,
+            ))
+        })
         .collect()
 }

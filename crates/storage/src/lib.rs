@@ -6,7 +6,7 @@ mod db;
 pub mod inbox;
 pub mod outbox;
 
-pub use db::{Db, Engine, Migrations, StorageConfig, StorageError, Tx, with_database};
+pub use db::{Db, Engine, Migrations, StorageConfig, StorageError, Tx, database_of, with_database};
 pub use sqlx::migrate::Migrator;
 pub use sqlx::{Row, query, query_as, query_scalar};
 

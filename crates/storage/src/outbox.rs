@@ -60,10 +60,12 @@ pub async fn len(db: &Db) -> Result<i64, StorageError> {
 /// Claims up to `limit` of the oldest events in `tx`, skipping rows another
 /// replica's relay holds (PostgreSQL), so several relays share the outbox.
 pub async fn claim(tx: &mut Tx, limit: i64) -> Result<Vec<Pending>, StorageError> {
-    let rows = sqlx::query("SELECT seq, event_id, body FROM outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED")
-        .bind(limit)
-        .fetch_all(&mut **tx)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT seq, event_id, body FROM outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await?;
     rows.into_iter()
         .map(|row| {
             Ok(Pending {

@@ -21,7 +21,118 @@ pub const CONVERGE: Duration = Duration::from_secs(20);
 
 pub const ALL: [ServiceKind; 6] = ServiceKind::UP;
 
+/// Which engines a test system runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Engines {
+    pub postgres: bool,
+    pub nats: bool,
+}
+
+impl std::fmt::Display for Engines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let storage = if self.postgres {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        };
+        let bus = if self.nats {
+            "NATS JetStream"
+        } else {
+            "HTTP bus"
+        };
+        write!(f, "{storage} + {bus}")
+    }
+}
+
+pub fn postgres_url() -> String {
+    std::env::var("BLOG_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("BLOG_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+fn host_port(url: &str) -> Option<String> {
+    let rest = url.split("://").nth(1)?;
+    let authority = rest.split(['/', '?']).next()?;
+    let host_port = authority.rsplit('@').next()?;
+    Some(host_port.to_owned())
+}
+
+fn reachable(url: &str) -> bool {
+    host_port(url)
+        .and_then(|hp| std::net::ToSocketAddrs::to_socket_addrs(&hp).ok()?.next())
+        .is_some_and(|addr| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+        })
+}
+
+static AVAILABLE: std::sync::OnceLock<(bool, bool)> = std::sync::OnceLock::new();
+
+/// The engine combinations to run every test on: embedded always, and each
+/// real engine that answers here. A missing engine is said plainly (on the
+/// terminal, past the test harness's capture), and is an error when
+/// `BLOG_TEST_REQUIRE_ENGINES=1` (CI).
+pub fn engines() -> Vec<Engines> {
+    let (postgres, nats) = *AVAILABLE.get_or_init(|| {
+        use std::io::Write;
+        let require = std::env::var("BLOG_TEST_REQUIRE_ENGINES").is_ok_and(|v| v == "1");
+        let postgres = reachable(&postgres_url());
+        let nats = reachable(&nats_url());
+        for (name, ok, var, url) in [
+            ("PostgreSQL", postgres, "BLOG_TEST_POSTGRES", postgres_url()),
+            ("NATS", nats, "BLOG_TEST_NATS", nats_url()),
+        ] {
+            if !ok {
+                assert!(!require, "{name} is required (BLOG_TEST_REQUIRE_ENGINES=1) but {url} does not answer");
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "note: skipping the {name} variants of the tests: nothing answers at {url} (set {var})"
+                );
+            }
+        }
+        (postgres, nats)
+    });
+    let mut out = vec![Engines {
+        postgres: false,
+        nats: false,
+    }];
+    if postgres {
+        out.push(Engines {
+            postgres: true,
+            nats: false,
+        });
+    }
+    if nats {
+        out.push(Engines {
+            postgres: false,
+            nats: true,
+        });
+    }
+    if postgres && nats {
+        out.push(Engines {
+            postgres: true,
+            nats: true,
+        });
+    }
+    out
+}
+
+static NEXT_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A name no other test system (in this or another test process) uses.
+pub fn unique(prefix: &str) -> String {
+    let n = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}{}_{n}_{nanos:x}", std::process::id())
+}
+
 pub struct TestSystem {
+    pub engines: Engines,
     pub dir: tempfile::TempDir,
     pub settings: Settings,
     pub addrs: HashMap<ServiceKind, SocketAddr>,
@@ -37,12 +148,23 @@ pub struct Answer {
 }
 
 impl TestSystem {
-    /// Starts every part and waits until all are ready.
-    pub async fn spawn() -> Self {
+    /// The parts this system runs: no HTTP event bus on NATS.
+    pub fn kinds(&self) -> Vec<ServiceKind> {
+        ALL.into_iter()
+            .filter(|k| *k != ServiceKind::EventBus || !self.engines.nats)
+            .collect()
+    }
+
+    /// Starts every part on `engines` and waits until all are ready.
+    pub async fn spawn(engines: Engines) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut listeners = Vec::new();
         let mut addrs = HashMap::new();
-        for kind in ALL {
+        let kinds: Vec<ServiceKind> = ALL
+            .into_iter()
+            .filter(|k| *k != ServiceKind::EventBus || !engines.nats)
+            .collect();
+        for kind in kinds.iter().copied() {
             let listener = startup::bind("127.0.0.1:0".parse().unwrap())
                 .await
                 .expect("bind");
@@ -51,8 +173,22 @@ impl TestSystem {
         }
         let mut base = Settings::local(dir.path().join("data"));
         base.client_dir = dir.path().join("no-client");
+        if engines.postgres {
+            base.postgres = Some(blog::settings::Postgres {
+                server: postgres_url(),
+                prefix: format!("{}_", unique("blog_t")),
+                database: None,
+            });
+        }
+        if engines.nats {
+            base.bus = blog_bus::BusConfig::Nats {
+                url: nats_url(),
+                stream: unique("T"),
+            };
+        }
         let settings = startup::wire(&base, &addrs);
         let mut system = Self {
+            engines,
             dir,
             settings,
             addrs,
@@ -66,7 +202,7 @@ impl TestSystem {
                 startup::spawn(kind, service, listener).expect("spawn"),
             );
         }
-        for kind in ALL {
+        for kind in kinds {
             startup::wait_ready(&system.http, kind, &system.url(kind), CONVERGE)
                 .await
                 .expect("ready");
@@ -203,8 +339,14 @@ impl TestSystem {
             .and_then(|c| c["status"].as_str().map(str::to_owned))
     }
 
-    /// The bus's stored events.
+    /// The bus's stored events, from the HTTP bus or the JetStream stream.
     pub async fn bus_events(&self) -> Vec<Value> {
+        if self.engines.nats {
+            let bus = blog_bus::BusClient::connect(&self.settings.bus, self.http.clone())
+                .await
+                .expect("bus");
+            return bus.events_after(0).await.expect("events");
+        }
         let answer = self
             .get(&format!("{}/events", self.url(ServiceKind::EventBus)))
             .await;
@@ -238,6 +380,62 @@ impl TestSystem {
             self.stop(*kind).await;
         }
     }
+}
+
+impl Drop for TestSystem {
+    /// Removes the test's databases and stream, whether it passed or not.
+    fn drop(&mut self) {
+        for running in self.running.drain().map(|(_, r)| r) {
+            running.abort();
+        }
+        let postgres = self.settings.postgres.clone();
+        let bus = self.settings.bus.clone();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Some(pg) = postgres {
+                    sqlx::any::install_default_drivers();
+                    if let Ok(pool) = sqlx::AnyPool::connect(&pg.server).await {
+                        for kind in ALL {
+                            let name = blog_storage::StorageConfig::postgres_database(
+                                &pg.prefix,
+                                kind.name(),
+                            );
+                            let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                            let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+                        }
+                        pool.close().await;
+                    }
+                }
+                if let blog_bus::BusConfig::Nats { url, stream } = bus
+                    && let Ok(client) = async_nats::connect(url).await
+                {
+                    let _ = async_nats::jetstream::new(client)
+                        .delete_stream(stream)
+                        .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Runs `test` once per available engine combination.
+#[macro_export]
+macro_rules! for_each_engine {
+    (|$system:ident| $body:block) => {
+        for engines in support::engines() {
+            #[allow(unused_mut)]
+            let mut $system = support::TestSystem::spawn(engines).await;
+            $body
+            $system.shutdown().await;
+        }
+    };
 }
 
 /// Counts the bus's stored events of one type.
