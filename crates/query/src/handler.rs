@@ -13,11 +13,30 @@ pub struct Projector {
     model: Arc<ReadModel>,
     /// Ids of posts whose view changed, for the live stream.
     changed: UnboundedSender<String>,
+    /// Replicas share the database (PostgreSQL): tell all of them through it,
+    /// in the transaction, instead of only this process.
+    shared: bool,
 }
 
+/// The PostgreSQL channel on which query replicas hear of changes.
+pub const CHANNEL: &str = "blog_query_changed";
+
 impl Projector {
-    pub fn new(model: Arc<ReadModel>, changed: UnboundedSender<String>) -> Self {
-        Self { model, changed }
+    pub fn new(model: Arc<ReadModel>, changed: UnboundedSender<String>, shared: bool) -> Self {
+        Self {
+            model,
+            changed,
+            shared,
+        }
+    }
+}
+
+fn post_of(event: &Event) -> Option<&str> {
+    match event {
+        Event::PostCreated(post) => Some(&post.id),
+        Event::CommentCreated(comment) => Some(&comment.post_id),
+        Event::CommentUpdated(comment) => Some(&comment.post_id),
+        Event::CommentModerated(_) => None,
     }
 }
 
@@ -29,20 +48,30 @@ impl Handler for Projector {
             Event::CommentUpdated(comment) => update_comment(tx, comment).await?,
             Event::CommentModerated(_) => {}
         }
+        if self.shared
+            && let Some(post_id) = post_of(event)
+        {
+            // Delivered to every listening replica when (and only if) this commits.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(post_id)
+                .execute(&mut **tx)
+                .await?;
+        }
         Ok(false)
     }
 
     fn applied(&self, event: &Event) {
-        let post_id = match event {
-            Event::PostCreated(post) => &post.id,
-            Event::CommentCreated(comment) => &comment.post_id,
-            Event::CommentUpdated(comment) => &comment.post_id,
-            Event::CommentModerated(_) => return,
+        if self.shared {
+            return; // the notification reaches this replica too
+        }
+        let Some(post_id) = post_of(event) else {
+            return;
         };
         self.model.changed();
         // The receiver lives as long as the service; after shutdown there is
         // no one left to tell.
-        let _ = self.changed.send(post_id.clone());
+        let _ = self.changed.send(post_id.to_owned());
     }
 }
 
@@ -63,7 +92,7 @@ mod tests {
             .expect("db");
         let model = Arc::new(ReadModel::new(db.clone()));
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let consumer = Consumer::new(db, Projector::new(model.clone(), tx));
+        let consumer = Consumer::new(db, Projector::new(model.clone(), tx, false));
         for event in events {
             // Course-format events: no id, deduplicated by natural key.
             let envelope =

@@ -6,12 +6,24 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::ReadModel;
 
+/// What a live stream is told.
+#[derive(Clone, Debug)]
+pub enum LiveUpdate {
+    /// One post, rendered, after it or one of its comments changed.
+    Post(Arc<str>),
+    /// Changes may have been missed: send a fresh snapshot.
+    Resync,
+}
+
+/// The post id that stands for "anything may have changed".
+pub const EVERYTHING: &str = "";
+
 /// Fan-out of changed posts to live streams: each change is rendered once,
 /// whatever the number of listeners.
 #[derive(Clone)]
 pub struct Live {
     model: Arc<ReadModel>,
-    posts: broadcast::Sender<Arc<str>>,
+    posts: broadcast::Sender<LiveUpdate>,
 }
 
 impl Live {
@@ -20,7 +32,7 @@ impl Live {
         Self { model, posts }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<LiveUpdate> {
         self.posts.subscribe()
     }
 
@@ -37,9 +49,15 @@ impl Live {
             if self.posts.receiver_count() == 0 {
                 continue;
             }
+            if post_id == EVERYTHING {
+                let _ = self.posts.send(LiveUpdate::Resync);
+                continue;
+            }
             match self.model.post_json(&post_id).await {
                 Ok(Some(post)) => {
-                    let _ = self.posts.send(Arc::from(post.to_string()));
+                    let _ = self
+                        .posts
+                        .send(LiveUpdate::Post(Arc::from(post.to_string())));
                 }
                 Ok(None) => {} // a comment whose post has not arrived yet
                 Err(e) => tracing::warn!(error = %e, "could not render a changed post"),

@@ -13,7 +13,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::ReadModel;
-use crate::live::Live;
+use crate::live::{Live, LiveUpdate};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -54,15 +54,17 @@ async fn live(
             next = updates.recv() => next,
         };
         let event = match next {
-            Ok(post) => SseEvent::default().event("post").data(&*post),
-            // Fell behind: start over from a fresh snapshot.
-            Err(RecvError::Lagged(_)) => match state.model.posts_json().await {
-                Ok(body) => snapshot(&body),
-                Err(e) => {
-                    tracing::warn!(error = %e, "live stream ends: snapshot failed");
-                    return None;
+            Ok(LiveUpdate::Post(post)) => SseEvent::default().event("post").data(&*post),
+            // Fell behind, or changes were missed: start over from a snapshot.
+            Ok(LiveUpdate::Resync) | Err(RecvError::Lagged(_)) => {
+                match state.model.posts_json().await {
+                    Ok(body) => snapshot(&body),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "live stream ends: snapshot failed");
+                        return None;
+                    }
                 }
-            },
+            }
             Err(RecvError::Closed) => return None,
         };
         Some((Ok(event), (updates, state)))
