@@ -70,7 +70,7 @@ pub struct BusClient {
 #[derive(Debug, Clone)]
 enum Inner {
     Http { url: String, http: HttpClient },
-    Nats(Nats),
+    Nats(Box<Nats>),
 }
 
 impl BusClient {
@@ -82,7 +82,9 @@ impl BusClient {
                 url: url.clone(),
                 http,
             },
-            BusConfig::Nats { url, stream } => Inner::Nats(Nats::connect(url, stream).await?),
+            BusConfig::Nats { url, stream } => {
+                Inner::Nats(Box::new(Nats::connect(url, stream).await?))
+            }
         };
         Ok(Self { inner })
     }

@@ -18,12 +18,14 @@ use crate::{BusError, Consumer, Handler};
 
 /// Deliveries of one event before it is set aside as a dead letter.
 pub const MAX_DELIVER: i64 = 5;
-/// Waits between redeliveries of an event whose handling failed.
+/// Waits before each redelivery of an event not acknowledged: JetStream
+/// takes the first as the ack wait of every delivery, so a consumer that died
+/// holding a message hands it on after 2 s.
 const BACKOFF: [Duration; 4] = [
-    Duration::from_secs(1),
     Duration::from_secs(2),
     Duration::from_secs(5),
     Duration::from_secs(10),
+    Duration::from_secs(30),
 ];
 const ACK_WAIT: Duration = Duration::from_secs(30);
 

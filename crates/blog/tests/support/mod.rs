@@ -157,6 +157,11 @@ impl TestSystem {
 
     /// Starts every part on `engines` and waits until all are ready.
     pub async fn spawn(engines: Engines) -> Self {
+        Self::spawn_on(engines, &nats_url()).await
+    }
+
+    /// As [`spawn`](Self::spawn), with the NATS server at `nats`.
+    pub async fn spawn_on(engines: Engines, nats: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut listeners = Vec::new();
         let mut addrs = HashMap::new();
@@ -182,7 +187,7 @@ impl TestSystem {
         }
         if engines.nats {
             base.bus = blog_bus::BusConfig::Nats {
-                url: nats_url(),
+                url: nats.to_owned(),
                 stream: unique("T"),
             };
         }
@@ -259,6 +264,20 @@ impl TestSystem {
             matches!(self.http.get(&health).await, Ok((s, _)) if s.is_success())
         })
         .await;
+    }
+
+    /// Starts one more replica of a part, on a new port, sharing its
+    /// storage and its bus consumer.
+    pub async fn spawn_replica(&self, kind: ServiceKind) -> Running {
+        let listener = startup::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind");
+        let service = startup::build(kind, &self.settings).await.expect("build");
+        let running = startup::spawn(kind, service, listener).expect("spawn");
+        startup::wait_ready(&self.http, kind, &running.url(), CONVERGE)
+            .await
+            .expect("ready");
+        running
     }
 
     pub async fn send(
