@@ -4,6 +4,8 @@
 //! event. Each test runs only where NATS (and, for replicas, PostgreSQL) is
 //! available; see `support::engines`.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::process::{Child, Command, Stdio};
