@@ -4,7 +4,8 @@ start to ready, idle RSS, GET /posts throughput (wrk) on query with 100 posts x
 5 comments, and comment propagation latency (POST comment -> status in query).
 
 Usage: scripts/bench.py [--bin target/release/blog] [--duration 10]
-Needs wrk (Debian package `wrk`)."""
+                        [--bus nats://127.0.0.1:4222] [--postgres postgres://127.0.0.1:5432/postgres]
+Needs wrk (Debian package `wrk`); with --postgres, psql to drop the bench's databases."""
 
 import argparse
 import json
@@ -45,16 +46,23 @@ def main():
     ap.add_argument("--bin", default="target/release/blog")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--bus", help="nats://HOST:PORT to run on NATS JetStream")
+    ap.add_argument("--postgres", help="postgres://... to keep data in PostgreSQL")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk not found: apt-get install wrk")
 
-    names = ["gateway", "posts", "comments", "query", "moderation", "event-bus"]
+    names = ["gateway", "posts", "comments", "query", "moderation"] + ([] if args.bus else ["event-bus"])
     ports = {n: free_port() for n in names}
     data = tempfile.mkdtemp()
     cmd = [args.bin, "up", "--data-dir", data]
     for n in names:
         cmd += [f"--{n}-port", str(ports[n])]
+    tag = f"bench{os.getpid()}"
+    if args.bus:
+        cmd += ["--bus", args.bus, "--nats-stream", tag.upper()]
+    if args.postgres:
+        cmd += ["--postgres", args.postgres, "--postgres-db-prefix", f"{tag}_"]
     env = dict(os.environ, BLOG_LOG="warn")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env)
@@ -117,6 +125,22 @@ def main():
 
         rps_q, p99_q = wrk(f"{query}/posts")
         rps_g, p99_g = wrk(f"{gw}/posts")
+
+        # Comment-create rate: wrk POSTs comments to random posts of the 100
+        # on the comments port (each answer lists the post's comments).
+        script = os.path.join(data, "post.lua")
+        with open(script, "w") as f:
+            f.write("local ids = {" + ",".join(f'"{p}"' for p in posts) + "}\n")
+            f.write('wrk.method = "POST"\nwrk.body = \'{"content":"load"}\'\nwrk.headers["Content-Type"] = "application/json"\n')
+            f.write('request = function() return wrk.format(nil, "/posts/" .. ids[math.random(#ids)] .. "/comments") end\n')
+        out = subprocess.run(
+            ["wrk", "-t2", "-c16", f"-d{args.duration}s", "--latency", "-s", script,
+             f"http://127.0.0.1:{ports['comments']}"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        rps_c = float(next(l for l in out.splitlines() if l.startswith("Requests/sec")).split()[1])
+        p99_c = next((l.split()[1] for l in out.splitlines() if l.strip().startswith("99%")), "?")
+        non2xx = next((l.split()[-1] for l in out.splitlines() if "Non-2xx" in l), "0")
         rss_load = rss_kib(proc.pid)
         lat.sort()
         print(json.dumps({
@@ -130,11 +154,17 @@ def main():
             "get_posts_body_bytes": body_bytes,
             "wrk_query_get_posts": {"rps": rps_q, "p99": p99_q, "connections": args.connections, "duration_s": args.duration},
             "wrk_gateway_get_posts": {"rps": rps_g, "p99": p99_g},
+            "wrk_comment_create": {"rps": rps_c, "p99": p99_c, "connections": 16, "non_2xx": non2xx},
+            "engines": {"bus": args.bus or "embedded HTTP bus", "storage": "PostgreSQL" if args.postgres else "SQLite"},
         }, indent=2))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         shutil.rmtree(data, ignore_errors=True)
+        if args.postgres:
+            for n in ["posts", "comments", "query", "moderation", "event_bus"]:
+                subprocess.run(["psql", args.postgres, "-qc", f'DROP DATABASE IF EXISTS "{tag}_{n}" WITH (FORCE)'],
+                               capture_output=True)
 
 
 if __name__ == "__main__":
