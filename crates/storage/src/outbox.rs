@@ -14,6 +14,14 @@ pub struct Pending {
     pub body: String,
 }
 
+fn to_pending(row: &sqlx::any::AnyRow) -> Result<Pending, StorageError> {
+    Ok(Pending {
+        seq: row.try_get("seq")?,
+        event_id: row.try_get("event_id")?,
+        body: row.try_get("body")?,
+    })
+}
+
 /// Queues `envelope` in `tx`; it is published only if `tx` commits.
 pub async fn push(tx: &mut Tx, envelope: &Envelope) -> Result<(), StorageError> {
     sqlx::query("INSERT INTO outbox (event_id, body) VALUES ($1, $2)")
@@ -30,15 +38,7 @@ pub async fn peek(db: &Db, limit: i64) -> Result<Vec<Pending>, StorageError> {
         .bind(limit)
         .fetch_all(db.pool())
         .await?;
-    rows.into_iter()
-        .map(|row| {
-            Ok(Pending {
-                seq: row.try_get("seq")?,
-                event_id: row.try_get("event_id")?,
-                body: row.try_get("body")?,
-            })
-        })
-        .collect()
+    rows.iter().map(to_pending).collect()
 }
 
 /// Forgets an event the bus has acknowledged.
@@ -66,15 +66,7 @@ pub async fn claim(tx: &mut Tx, limit: i64) -> Result<Vec<Pending>, StorageError
     .bind(limit)
     .fetch_all(&mut **tx)
     .await?;
-    rows.into_iter()
-        .map(|row| {
-            Ok(Pending {
-                seq: row.try_get("seq")?,
-                event_id: row.try_get("event_id")?,
-                body: row.try_get("body")?,
-            })
-        })
-        .collect()
+    rows.iter().map(to_pending).collect()
 }
 
 /// Forgets a claimed event once the bus acknowledged it; final at commit.
