@@ -68,6 +68,9 @@ pub struct CommonArgs {
     /// With a nats:// bus: the JetStream stream (and subject prefix) of the blog's events.
     #[arg(long, env = "BLOG_NATS_STREAM", default_value = blog_bus::DEFAULT_STREAM)]
     pub nats_stream: String,
+    /// With a nats:// bus: the stream's replicas (3 on a three-server cluster).
+    #[arg(long, env = "BLOG_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +158,7 @@ impl CommonArgs {
             BusConfig::Nats { url, .. } => BusConfig::Nats {
                 url,
                 stream: self.nats_stream.clone(),
+                replicas: self.nats_replicas,
             },
             http => http,
         }
@@ -279,7 +283,8 @@ mod tests {
             settings.bus,
             BusConfig::Nats {
                 url: "nats://127.0.0.1:4222".into(),
-                stream: "T1".into()
+                stream: "T1".into(),
+                replicas: 1
             }
         );
         assert!(!settings.embedded_bus());

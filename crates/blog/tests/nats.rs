@@ -201,7 +201,7 @@ async fn two_replicas_of_comments_and_moderation_moderate_each_comment_once() {
 }
 
 async fn js(system: &TestSystem) -> (jetstream::Context, String) {
-    let blog_bus::BusConfig::Nats { url, stream } = &system.settings.bus else {
+    let blog_bus::BusConfig::Nats { url, stream, .. } = &system.settings.bus else {
         panic!("a NATS system")
     };
     let client = async_nats::connect(url.as_str()).await.expect("connect");

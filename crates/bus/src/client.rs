@@ -12,9 +12,14 @@ use crate::nats::Nats;
 pub enum BusConfig {
     /// The course's HTTP event bus (ours or the Node one) at this base URL.
     Http { url: String },
-    /// NATS JetStream: the server URL and the stream holding the blog's events
-    /// (subjects `<stream>.events.<Type>`).
-    Nats { url: String, stream: String },
+    /// NATS JetStream: the server URL, the stream holding the blog's events
+    /// (subjects `<stream>.events.<Type>`), and its replicas (1, or 3 on a
+    /// three-server cluster).
+    Nats {
+        url: String,
+        stream: String,
+        replicas: usize,
+    },
 }
 
 /// The JetStream stream name used unless configured otherwise.
@@ -31,6 +36,7 @@ impl std::str::FromStr for BusConfig {
             Ok(BusConfig::Nats {
                 url: s.to_owned(),
                 stream: DEFAULT_STREAM.to_owned(),
+                replicas: 1,
             })
         } else {
             Err(format!(
@@ -44,7 +50,7 @@ impl std::fmt::Display for BusConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BusConfig::Http { url } => f.write_str(url),
-            BusConfig::Nats { url, stream } => write!(f, "{url} (stream {stream})"),
+            BusConfig::Nats { url, stream, .. } => write!(f, "{url} (stream {stream})"),
         }
     }
 }
@@ -82,9 +88,11 @@ impl BusClient {
                 url: url.clone(),
                 http,
             },
-            BusConfig::Nats { url, stream } => {
-                Inner::Nats(Box::new(Nats::connect(url, stream).await?))
-            }
+            BusConfig::Nats {
+                url,
+                stream,
+                replicas,
+            } => Inner::Nats(Box::new(Nats::connect(url, stream, *replicas).await?)),
         };
         Ok(Self { inner })
     }

@@ -34,6 +34,7 @@ pub struct Nats {
     client: async_nats::Client,
     js: jetstream::Context,
     stream: String,
+    replicas: usize,
     ready: Arc<OnceCell<stream::Stream>>,
 }
 
@@ -50,7 +51,7 @@ fn nats_error(e: impl std::fmt::Display) -> BusError {
 }
 
 impl Nats {
-    pub async fn connect(url: &str, stream: &str) -> Result<Self, BusError> {
+    pub async fn connect(url: &str, stream: &str, replicas: usize) -> Result<Self, BusError> {
         let client = async_nats::ConnectOptions::new()
             .name("blog")
             .retry_on_initial_connect()
@@ -63,6 +64,7 @@ impl Nats {
             client,
             js,
             stream: stream.to_owned(),
+            replicas: replicas.max(1),
             ready: Arc::new(OnceCell::new()),
         })
     }
@@ -80,6 +82,7 @@ impl Nats {
                         name: self.stream.clone(),
                         subjects: vec![format!("{}.events.>", self.stream)],
                         storage: stream::StorageType::File,
+                        num_replicas: self.replicas,
                         retention: stream::RetentionPolicy::Limits,
                         discard: stream::DiscardPolicy::Old,
                         // The stream is the log consumers resume from: keep

@@ -189,6 +189,7 @@ impl TestSystem {
             base.bus = blog_bus::BusConfig::Nats {
                 url: nats.to_owned(),
                 stream: unique("T"),
+                replicas: 1,
             };
         }
         let settings = startup::wire(&base, &addrs);
@@ -431,7 +432,7 @@ impl Drop for TestSystem {
                         pool.close().await;
                     }
                 }
-                if let blog_bus::BusConfig::Nats { url, stream } = bus
+                if let blog_bus::BusConfig::Nats { url, stream, .. } = bus
                     && let Ok(client) = async_nats::connect(url).await
                 {
                     let _ = async_nats::jetstream::new(client)
