@@ -1,0 +1,18 @@
+import type { LiveStatus } from '../live';
+
+const TEXT: Record<LiveStatus, string> = {
+  connecting: 'Connecting…',
+  live: 'Live',
+  reconnecting: 'Reconnecting…',
+  offline: 'Cannot reach the server. Retrying…',
+};
+
+/** A small status pill: live, connecting, reconnecting, or offline. */
+export function LiveIndicator({ status }: { status: LiveStatus }) {
+  return (
+    <p className={`live-indicator live-${status}`} role="status" aria-live="polite" data-live-status={status}>
+      <span className="live-dot" aria-hidden="true" />
+      {TEXT[status]}
+    </p>
+  );
+}

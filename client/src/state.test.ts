@@ -1,0 +1,43 @@
+import { describe, expect, it } from 'vitest';
+import { initialState, orderedKeys, parseSnapshot, postsInOrder, reducer } from './state';
+
+describe('orderedKeys', () => {
+  it('keeps the server’s order, even for integer-like ids', () => {
+    const text = '{"b":{"id":"b","comments":[{"id":"x"}]},"12345678":{"id":"12345678"},"a\\"q":{}}';
+    expect(orderedKeys(text)).toEqual(['b', '12345678', 'a"q']);
+  });
+});
+
+describe('reducer', () => {
+  const snapshot = (text: string) => parseSnapshot(text);
+
+  it('applies a snapshot in creation order', () => {
+    const state = reducer(initialState, snapshot('{"p2":{"id":"p2","title":"two","comments":[]},"1":{"id":"1","title":"one","comments":[]}}'));
+    expect(postsInOrder(state).map((p) => p.title)).toEqual(['two', 'one']);
+    expect(state.loaded).toBe(true);
+  });
+
+  it('shows a created post at once and keeps it until the server has it', () => {
+    let state = reducer(initialState, { type: 'created', post: { id: 'n', title: 'new' } });
+    state = reducer(state, snapshot('{}'));
+    expect(postsInOrder(state).map((p) => p.id)).toEqual(['n']);
+    state = reducer(state, { type: 'post', post: { id: 'n', title: 'new', comments: [] } });
+    expect(state.unconfirmed).toEqual({});
+  });
+
+  it('never moves a comment back to pending', () => {
+    let state = reducer(initialState, { type: 'post', post: { id: 'p', title: 't', comments: [{ id: 'c', content: 'x', status: 'approved' }] } });
+    state = reducer(state, { type: 'post', post: { id: 'p', title: 't', comments: [{ id: 'c', content: 'x', status: 'pending' }] } });
+    expect(state.posts.p.comments[0].status).toBe('approved');
+  });
+
+  it('adds a live post last and updates a known one in place', () => {
+    let state = reducer(initialState, snapshot('{"a":{"id":"a","title":"A","comments":[]}}'));
+    state = reducer(state, { type: 'post', post: { id: 'b', title: 'B', comments: [] } });
+    state = reducer(state, { type: 'post', post: { id: 'a', title: 'A', comments: [{ id: 'c', content: 'hi', status: 'pending' }] } });
+    expect(postsInOrder(state).map((p) => [p.id, p.comments.length])).toEqual([
+      ['a', 1],
+      ['b', 0],
+    ]);
+  });
+});
