@@ -21,6 +21,7 @@ let server;
 let browser;
 let gateway;
 let dataDir;
+let upArgs;
 
 function freePort() {
   return new Promise((resolve, reject) => {
@@ -55,9 +56,9 @@ before(async () => {
   for (const n of names) ports[n] = await freePort();
   const args = ['up', '--data-dir', dataDir, '--client-dir', dist];
   for (const n of names) args.push(`--${n}-port`, String(ports[n]));
-  server = spawn(bin, args, { env: { ...process.env, BLOG_LOG: 'warn' }, stdio: ['ignore', 'inherit', 'inherit'] });
+  upArgs = args;
   gateway = `http://127.0.0.1:${ports.gateway}`;
-  await waitFor(async () => (await fetch(`${gateway}/posts`)).ok, 'blog up');
+  await startServer();
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     headless: true,
@@ -78,6 +79,17 @@ after(async () => {
   server?.kill('SIGTERM');
   if (dataDir) fs.rmSync(dataDir, { recursive: true, force: true });
 });
+
+async function startServer() {
+  server = spawn(bin, upArgs, { env: { ...process.env, BLOG_LOG: 'warn' }, stdio: ['ignore', 'inherit', 'inherit'] });
+  await waitFor(async () => (await fetch(`${gateway}/posts`)).ok, 'blog up');
+}
+
+async function stopServer() {
+  const exited = new Promise((resolve) => server.once('exit', resolve));
+  server.kill('SIGTERM');
+  await exited;
+}
 
 async function openPage() {
   const page = await browser.newPage({ viewport: { width: 1100, height: 800 } });
@@ -154,5 +166,35 @@ test('bad input is shown next to the field', async () => {
   await form.getByLabel('Title').fill('x'.repeat(201));
   await form.getByRole('button', { name: 'Submit' }).click();
   await form.getByRole('alert').getByText('title must be at most 200 characters').waitFor();
+  await page.close();
+});
+
+test('the page reconnects after the server restarts and catches up', async () => {
+  const page = await openPage();
+  await createPost(page, 'Before the restart');
+  await stopServer();
+  await page.locator('[data-live-status="reconnecting"], [data-live-status="offline"]').first().waitFor();
+  await startServer();
+  // Made while the page was away: it must appear without a reload.
+  const created = await fetch(`${gateway}/posts/create`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ title: 'Made during the outage' }),
+  });
+  assert.equal(created.status, 201);
+  await page.getByRole('article', { name: 'Made during the outage' }).waitFor({ timeout: 30000 });
+  await page.locator('[data-live-status="live"]').waitFor({ timeout: 30000 });
+  await page.getByRole('article', { name: 'Before the restart' }).waitFor();
+  await page.close();
+});
+
+test('the page fits a phone screen', async () => {
+  const page = await browser.newPage({ viewport: { width: 375, height: 740 } });
+  await page.goto(gateway);
+  await page.locator('[data-live-status="live"]').waitFor();
+  await createPost(page, 'A title that is rather long for a small phone screen, to see it wrap');
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `no horizontal scrolling (overflow ${overflow}px)`);
+  await page.screenshot({ path: path.join(root, 'docs/screenshot-phone.png') });
   await page.close();
 });

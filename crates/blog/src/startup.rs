@@ -170,13 +170,18 @@ impl System {
     }
 
     pub async fn stop(self) -> Result<(), StartupError> {
-        // The gateway first, the bus last, so nothing in flight loses its peer.
-        let mut parts = self.parts;
-        parts.reverse();
-        for part in parts {
-            part.stop().await?;
+        // All at once: a request in flight through the gateway (a live
+        // stream) ends only when the service behind it stops.
+        for part in &self.parts {
+            part.shutdown.cancel();
         }
-        Ok(())
+        let mut result = Ok(());
+        for part in self.parts {
+            if let Err(e) = part.stop().await {
+                result = Err(e);
+            }
+        }
+        result
     }
 }
 

@@ -37,6 +37,9 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// How long a stopping service waits for in-flight requests.
+pub const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 type Task =
     Box<dyn FnOnce(CancellationToken) -> futures_util::future::BoxFuture<'static, ()> + Send>;
 
@@ -80,7 +83,19 @@ impl Service {
             .into_iter()
             .map(|task| tokio::spawn(task(shutdown.child_token())))
             .collect();
-        let served = serve(listener, self.router, shutdown.clone()).await;
+        let name = self.name;
+        let served = tokio::select! {
+            served = serve(listener, self.router, shutdown.clone()) => served,
+            // Connections still open this long after shutdown (a client
+            // that never lets go) are dropped rather than waited for.
+            () = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(DRAIN_LIMIT).await;
+            } => {
+                tracing::warn!(service = name, "connections still open after {DRAIN_LIMIT:?}; closing them");
+                Ok(())
+            }
+        };
         shutdown.cancel();
         for handle in handles {
             let _ = handle.await;
