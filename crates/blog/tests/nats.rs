@@ -200,6 +200,18 @@ async fn two_replicas_of_comments_and_moderation_moderate_each_comment_once() {
     }
 }
 
+async fn moderation_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+) -> jetstream::consumer::PullConsumer {
+    js.get_stream(stream)
+        .await
+        .unwrap()
+        .get_consumer("moderation")
+        .await
+        .unwrap()
+}
+
 async fn js(system: &TestSystem) -> (jetstream::Context, String) {
     let blog_bus::BusConfig::Nats { url, stream, .. } = &system.settings.bus else {
         panic!("a NATS system")
@@ -219,13 +231,7 @@ async fn a_consumer_killed_between_commit_and_ack_changes_nothing_on_redelivery(
 
         // Act as a moderation replica: take the event from moderation's
         // durable consumer, apply it (the commit), then die before acking.
-        let consumer: jetstream::consumer::PullConsumer = js
-            .get_stream(&stream)
-            .await
-            .unwrap()
-            .get_consumer("moderation")
-            .await
-            .unwrap();
+        let consumer = moderation_consumer(&js, &stream).await;
         let mut payload = None;
         // The stopped service's last pull request may still hold the event
         // for one ack wait; keep pulling until it is ours.
@@ -261,13 +267,7 @@ async fn a_consumer_killed_between_commit_and_ack_changes_nothing_on_redelivery(
         // JetStream redelivers to the restarted service, which acks a no-op.
         system
             .until("redelivered and acked", || async {
-                let mut consumer: jetstream::consumer::PullConsumer = js
-                    .get_stream(&stream)
-                    .await
-                    .unwrap()
-                    .get_consumer("moderation")
-                    .await
-                    .unwrap();
+                let mut consumer = moderation_consumer(&js, &stream).await;
                 let info = consumer.info().await.unwrap();
                 info.num_ack_pending == 0 && info.num_pending == 0
             })

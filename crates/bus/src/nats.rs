@@ -247,8 +247,6 @@ impl Nats {
             i64::try_from(info.stream_sequence).unwrap_or(i64::MAX),
             info.delivered,
         );
-        let subject = message.subject.to_string();
-        let body = String::from_utf8_lossy(&message.payload).into_owned();
         let envelope = match Envelope::from_slice(&message.payload) {
             Ok(mut envelope) => {
                 envelope.seq = Some(seq);
@@ -256,15 +254,7 @@ impl Nats {
             }
             Err(e) => {
                 // It will never parse: set it aside and let the rest flow.
-                self.dead_letter(
-                    consumer,
-                    message,
-                    seq,
-                    &subject,
-                    &body,
-                    &format!("malformed: {e}"),
-                )
-                .await;
+                dead_letter(consumer, message, seq, &format!("malformed: {e}")).await;
                 return;
             }
         };
@@ -277,12 +267,10 @@ impl Nats {
                 }
             }
             Err(e) if delivered >= MAX_DELIVER => {
-                self.dead_letter(
+                dead_letter(
                     consumer,
                     message,
                     seq,
-                    &subject,
-                    &body,
                     &format!("failed {delivered} times: {e}"),
                 )
                 .await;
@@ -296,26 +284,27 @@ impl Nats {
             }
         }
     }
+}
 
-    async fn dead_letter<H: Handler>(
-        &self,
-        consumer: &Consumer<H>,
-        message: &jetstream::Message,
-        seq: i64,
-        subject: &str,
-        body: &str,
-        reason: &str,
-    ) {
-        tracing::error!(seq, subject, reason, "dead letter");
-        match inbox::dead_letter(consumer.db(), seq, subject, body, reason).await {
-            Ok(()) => {
-                let _ = message.double_ack_with(AckKind::Term).await;
-            }
-            Err(e) => {
-                // Not recorded: leave it to be redelivered rather than lose it.
-                tracing::warn!(error = %e, seq, "could not record a dead letter");
-                let _ = message.ack_with(AckKind::Nak(Some(BACKOFF[0]))).await;
-            }
+/// Sets aside an event that can never be handled and terminates it, so the
+/// events behind it go on.
+async fn dead_letter<H: Handler>(
+    consumer: &Consumer<H>,
+    message: &jetstream::Message,
+    seq: i64,
+    reason: &str,
+) {
+    let subject = message.subject.as_str();
+    let body = String::from_utf8_lossy(&message.payload);
+    tracing::error!(seq, subject, reason, "dead letter");
+    match inbox::dead_letter(consumer.db(), seq, subject, &body, reason).await {
+        Ok(()) => {
+            let _ = message.double_ack_with(AckKind::Term).await;
+        }
+        Err(e) => {
+            // Not recorded: leave it to be redelivered rather than lose it.
+            tracing::warn!(error = %e, seq, "could not record a dead letter");
+            let _ = message.ack_with(AckKind::Nak(Some(BACKOFF[0]))).await;
         }
     }
 }
