@@ -161,6 +161,13 @@ def main():
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         shutil.rmtree(data, ignore_errors=True)
+        if args.bus:
+            # The bench's stream: delete it through the JetStream API.
+            host, port = args.bus.split("://", 1)[1].rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                s.recv(4096)
+                s.sendall(f"CONNECT {{}}\r\nPUB $JS.API.STREAM.DELETE.{tag.upper()} 0\r\n\r\nPING\r\n".encode())
+                s.recv(4096)
         if args.postgres:
             for n in ["posts", "comments", "query", "moderation", "event_bus"]:
                 subprocess.run(["psql", args.postgres, "-qc", f'DROP DATABASE IF EXISTS "{tag}_{n}" WITH (FORCE)'],
