@@ -13,7 +13,8 @@
 # rebuilt only when Cargo.toml or Cargo.lock change.
 
 ARG RUST_IMAGE=rust:1.95.0-slim-bookworm
-ARG NODE_IMAGE=node:20.19.5-bookworm-slim
+# Node 24 LTS: its npm 11 installs the client's lock file (Vite 8).
+ARG NODE_IMAGE=node:24.11.0-bookworm-slim
 # glibc 2.36 like the builder (bookworm); runs as uid 65532 (`nonroot`).
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 ARG CARGO_CHEF_VERSION=0.1.77

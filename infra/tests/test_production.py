@@ -122,8 +122,9 @@ def port_matches(rule_ports, port):
     return not rule_ports or any(p.get("port") in (None, port) and p.get("protocol", "TCP") == "TCP" for p in rule_ports)
 
 
-def allowed(policies, source, destination, port):
-    """Whether the policies let `source` open a TCP connection to `destination`:port."""
+def allowed(policies, source, destination, port, egress=True):
+    """Whether the policies let `source` open a TCP connection to `destination`:port
+    (with egress=False: whether the destination's ingress rules alone admit it)."""
 
     def side(pod, direction, peer, peer_key):
         if pod.namespace != APP_NAMESPACE:
@@ -144,7 +145,7 @@ def allowed(policies, source, destination, port):
                     return True
         return False
 
-    return side(source, "Egress", destination, "to") and side(destination, "Ingress", source, "from")
+    return (not egress or side(source, "Egress", destination, "to")) and side(destination, "Ingress", source, "from")
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +155,7 @@ def flows(docs):
     pods["ingress-nginx"] = Pod({"app.kubernetes.io/name": "ingress-nginx"}, namespace="ingress-nginx")
     pods["kube-dns"] = Pod({"k8s-app": "kube-dns"}, namespace="kube-system")
     pods["elsewhere"] = Pod({"app": "posts"}, namespace="other")  # same labels, another namespace
-    return lambda src, dst, port: allowed(policies, pods[src], pods[dst], port)
+    return lambda src, dst, port, egress=True: allowed(policies, pods[src], pods[dst], port, egress)
 
 
 def test_default_deny_covers_every_pod(docs):
@@ -205,3 +206,14 @@ def test_services_talk_only_through_the_bus(flows):
 def test_every_pod_resolves_names(flows, docs):
     for w in workloads(docs):
         assert flows(w["metadata"]["name"], "kube-dns", 53), w["metadata"]["name"]
+
+
+def test_the_bus_and_the_databases_admit_only_their_clients_on_their_own(flows, docs):
+    """Defence in depth: the ingress rules of NATS and of each database hold
+    even for a pod whose own egress is open."""
+    sources = [w["metadata"]["name"] for w in workloads(docs)]
+    for src in sources:
+        app = src.removesuffix("-depl")
+        assert flows(src, "nats", 4222, egress=False) == (app in SERVICES), src
+        for db in SERVICES:
+            assert flows(src, f"postgres-{db}", 5432, egress=False) == (app == db), (src, db)
