@@ -315,3 +315,15 @@ def test_every_blog_variable_is_one_the_binary_reads(target):
             if is_blog(c):
                 unknown = {n for n in env_map(c) if n.startswith("BLOG_")} - known
                 assert not unknown, f"{w['metadata']['name']}: {unknown}"
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_every_object_is_labelled_part_of_the_blog_and_selectors_stay_the_course_s(target):
+    """`kubectl get all -l app.kubernetes.io/part-of=blog` lists everything;
+    selectors stay `app: <name>` (a selector is immutable once applied)."""
+    for d in render(target):
+        assert d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "blog", f"{d['kind']}/{d['metadata']['name']}"
+        if d["kind"] in ("Deployment", "StatefulSet"):
+            assert set(d["spec"]["selector"]["matchLabels"]) == {"app"}, d["metadata"]["name"]
+        if d["kind"] == "Service" and d["spec"].get("selector"):
+            assert set(d["spec"]["selector"]) == {"app"}, d["metadata"]["name"]
