@@ -74,9 +74,11 @@ CMD ["npm", "run", "dev", "--", "--host", "0.0.0.0", "--port", "3000", "--strict
 FROM ${RUNTIME_IMAGE} AS runtime
 COPY --from=builder /out/usr/local/bin/blog /usr/local/bin/blog
 COPY --from=builder --chown=65532:65532 /out/data /data
+# NO_COLOR: plain log lines for `kubectl logs` and log collectors.
 ENV BLOG_HOST=0.0.0.0 \
     BLOG_DATA_DIR=/data \
-    BLOG_LOG=info
+    BLOG_LOG=info \
+    NO_COLOR=1
 USER 65532:65532
 # `blog serve` stops gracefully on SIGTERM (what `docker stop` and the
 # kubelet send); exec form, so the binary is PID 1 and receives it.
