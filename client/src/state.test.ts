@@ -41,3 +41,56 @@ describe('reducer', () => {
     ]);
   });
 });
+
+describe('comments from a POST answer', () => {
+  const base = () =>
+    reducer(initialState, parseSnapshot('{"p":{"id":"p","title":"t","comments":[{"id":"c1","content":"a","status":"approved"}]}}'));
+
+  it('applies the returned list and keeps a new comment until query has it', () => {
+    let state = reducer(base(), {
+      type: 'comments',
+      postId: 'p',
+      comments: [
+        { id: 'c1', content: 'a', status: 'approved' },
+        { id: 'c2', content: 'b', status: 'pending' },
+      ],
+    });
+    expect(state.posts.p.comments.map((c) => c.id)).toEqual(['c1', 'c2']);
+    expect(state.unconfirmed).toEqual({ c2: true });
+    // query's older copy of the post, without c2, does not drop it
+    state = reducer(state, { type: 'post', post: { id: 'p', title: 't', comments: [{ id: 'c1', content: 'a', status: 'approved' }] } });
+    expect(state.posts.p.comments.map((c) => c.id)).toEqual(['c1', 'c2']);
+    // nor does a snapshot
+    state = reducer(state, parseSnapshot('{"p":{"id":"p","title":"t","comments":[{"id":"c1","content":"a","status":"approved"}]}}'));
+    expect(state.posts.p.comments.map((c) => c.id)).toEqual(['c1', 'c2']);
+    // once query lists it, query's copy wins
+    state = reducer(state, {
+      type: 'post',
+      post: {
+        id: 'p',
+        title: 't',
+        comments: [
+          { id: 'c1', content: 'a', status: 'approved' },
+          { id: 'c2', content: 'b', status: 'rejected' },
+        ],
+      },
+    });
+    expect(state.posts.p.comments[1].status).toBe('rejected');
+    expect(state.unconfirmed).toEqual({});
+  });
+
+  it('ignores comments for a post it does not know', () => {
+    const state = base();
+    expect(reducer(state, { type: 'comments', postId: 'nope', comments: [] })).toBe(state);
+  });
+
+  it('does not add a created post twice', () => {
+    const state = base();
+    expect(reducer(state, { type: 'created', post: { id: 'p', title: 't' } })).toBe(state);
+  });
+
+  it('skips unusable entries in a snapshot', () => {
+    const state = reducer(initialState, parseSnapshot('{"a":null,"b":{"id":"b","title":7,"comments":"x"},"c":[1]}'));
+    expect(postsInOrder(state)).toEqual([{ id: 'b', title: '', comments: [] }]);
+  });
+});
