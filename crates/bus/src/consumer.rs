@@ -1,12 +1,12 @@
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
 use blog_events::{Envelope, Event};
 use blog_kit::error::JsonBody;
+use blog_kit::retry::until_ok;
 use blog_kit::{ApiError, CancellationToken, FieldError};
 use blog_storage::{Db, StorageError, Tx, inbox};
 use serde_json::{Value, json};
@@ -157,22 +157,12 @@ pub async fn catch_up<H: Handler>(
     bus: BusClient,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match catch_up_once(&consumer, &bus).await {
-            Ok(applied) => {
-                tracing::info!(applied, "caught up with the bus");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "catch-up failed");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-        }
+    let caught_up = until_ok(&shutdown, "catch-up failed", || {
+        catch_up_once(&consumer, &bus)
+    })
+    .await;
+    if let Some(applied) = caught_up {
+        tracing::info!(applied, "caught up with the bus");
     }
 }
 

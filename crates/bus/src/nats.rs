@@ -9,6 +9,7 @@ use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use async_nats::{HeaderMap, connection::State};
 use blog_events::Envelope;
 use blog_kit::CancellationToken;
+use blog_kit::retry::until_ok;
 use blog_storage::inbox;
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -176,22 +177,12 @@ impl Nats {
         consumer: Arc<Consumer<H>>,
         shutdown: CancellationToken,
     ) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.consume_once(durable, &consumer, &shutdown).await {
-                Ok(()) => {
-                    self.flush().await;
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "JetStream consumer interrupted");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
+        let consumed = until_ok(&shutdown, "JetStream consumer interrupted", || {
+            self.consume_once(durable, &consumer, &shutdown)
+        })
+        .await;
+        if consumed.is_some() {
+            self.flush().await;
         }
     }
 

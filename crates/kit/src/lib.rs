@@ -5,6 +5,7 @@ pub mod client;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod retry;
 pub mod serve;
 pub mod telemetry;
 

@@ -3,9 +3,9 @@
 //! cached answer and its live streams.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use blog_kit::CancellationToken;
+use blog_kit::retry::until_ok;
 use sqlx::postgres::PgListener;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -19,23 +19,16 @@ pub async fn changes(
     changed: UnboundedSender<String>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match listen(&url, &model, &changed, &shutdown).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "change listener lost its connection");
+    let _ = until_ok(&shutdown, "change listener lost its connection", || async {
+        listen(&url, &model, &changed, &shutdown)
+            .await
+            .inspect_err(|_| {
                 // Whatever happened meanwhile is unknown: drop caches, resync streams.
                 model.changed();
                 let _ = changed.send(EVERYTHING.to_owned());
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
+            })
+    })
+    .await;
 }
 
 async fn listen(
