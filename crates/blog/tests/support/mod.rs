@@ -162,6 +162,28 @@ impl TestSystem {
 
     /// As [`spawn`](Self::spawn), with the NATS server at `nats`.
     pub async fn spawn_on(engines: Engines, nats: &str) -> Self {
+        Self::spawn_full(engines, nats, None, |_| {}).await
+    }
+
+    /// As [`spawn`](Self::spawn), with `configure` applied to the base
+    /// settings before they are wired to the parts' addresses (for example
+    /// `extra_subscribers` or `delivery_attempts`).
+    pub async fn spawn_with(engines: Engines, configure: impl FnOnce(&mut Settings)) -> Self {
+        Self::spawn_full(engines, &nats_url(), None, configure).await
+    }
+
+    /// As [`spawn`](Self::spawn), with the SQLite files under `data_dir`
+    /// (for example on a small filesystem the test mounted).
+    pub async fn spawn_in(engines: Engines, data_dir: std::path::PathBuf) -> Self {
+        Self::spawn_full(engines, &nats_url(), Some(data_dir), |_| {}).await
+    }
+
+    async fn spawn_full(
+        engines: Engines,
+        nats: &str,
+        data_dir: Option<std::path::PathBuf>,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut listeners = Vec::new();
         let mut addrs = HashMap::new();
@@ -176,7 +198,7 @@ impl TestSystem {
             addrs.insert(kind, listener.local_addr().unwrap());
             listeners.push((kind, listener));
         }
-        let mut base = Settings::local(dir.path().join("data"));
+        let mut base = Settings::local(data_dir.unwrap_or_else(|| dir.path().join("data")));
         base.client_dir = dir.path().join("no-client");
         if engines.postgres {
             base.postgres = Some(blog::settings::Postgres {
@@ -192,6 +214,7 @@ impl TestSystem {
                 replicas: 1,
             };
         }
+        configure(&mut base);
         let settings = startup::wire(&base, &addrs);
         let mut system = Self {
             engines,
@@ -375,14 +398,46 @@ impl TestSystem {
     }
 
     /// Waits until `condition` holds, failing the test after [`CONVERGE`].
-    pub async fn until<F, Fut>(&self, what: &str, mut condition: F)
+    pub async fn until<F, Fut>(&self, what: &str, condition: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        self.until_within(CONVERGE, what, condition).await;
+    }
+
+    /// Waits until `condition` holds, failing the test after `limit`.
+    pub async fn until_within<F, Fut>(&self, limit: Duration, what: &str, mut condition: F)
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = bool>,
     {
         let started = Instant::now();
         while !condition().await {
-            assert!(started.elapsed() < CONVERGE, "never converged: {what}");
+            assert!(
+                started.elapsed() < limit,
+                "never converged within {limit:?}: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until `check` answers `Ok`, failing the test after `limit` with
+    /// what `check` last said was missing.
+    pub async fn until_ok<F, Fut>(&self, limit: Duration, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), String>>,
+    {
+        let started = Instant::now();
+        loop {
+            match check().await {
+                Ok(()) => return,
+                Err(why) => assert!(
+                    started.elapsed() < limit,
+                    "never converged within {limit:?}: {what}: {why}"
+                ),
+            }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -456,6 +511,45 @@ macro_rules! for_each_engine {
             $system.shutdown().await;
         }
     };
+}
+
+/// The engine combinations with the HTTP event bus (the tests that talk to
+/// the bus's own routes).
+pub fn http_bus_engines() -> Vec<Engines> {
+    engines().into_iter().filter(|e| !e.nats).collect()
+}
+
+/// Runs `test` once per engine combination in `engines`, each in a task of
+/// its own, and fails after all ran, naming every combination that failed
+/// and why (a failure on one does not hide the others).
+pub async fn on_each<F, Fut>(engines: Vec<Engines>, test: F)
+where
+    F: Fn(Engines) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut failures = Vec::new();
+    let total = engines.len();
+    for engines in engines {
+        if let Err(e) = tokio::spawn(test(engines)).await {
+            let why = if e.is_panic() {
+                let panic = e.into_panic();
+                panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "a panic".to_owned())
+            } else {
+                e.to_string()
+            };
+            failures.push(format!("--- {engines} ---\n{why}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "failed on {} of {total} engine combinations:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Counts the bus's stored events of one type.
