@@ -334,7 +334,17 @@ class System:
         """Events stored in the log (HTTP bus: lastSeq; NATS: the stream's messages)."""
         if self.args.bus:
             return nats_request(self.args.bus, f"$JS.API.STREAM.INFO.{self.stream}")["state"]["messages"]
-        return json.loads(Http(self.ports["event-bus"]).get("/subscribers")[1])["lastSeq"]
+        subs = json.loads(Http(self.ports["event-bus"]).get("/subscribers")[1])
+        if isinstance(subs, dict) and isinstance(subs.get("lastSeq"), int):
+            return subs["lastSeq"]
+        # No lastSeq: page through the log.
+        h, after, n = Http(self.ports["event-bus"]), 0, 0
+        while True:
+            page = json.loads(h.get(f"/events?after={after}&limit=1000")[1])
+            if not page:
+                return n
+            n += len(page)
+            after = page[-1]["seq"]
 
     def backlog(self):
         """Events not yet delivered and acknowledged, summed over subscribers."""
@@ -345,8 +355,9 @@ class System:
                 info = nats_request(self.args.bus, f"$JS.API.CONSUMER.INFO.{self.stream}.{n}")
                 total += info.get("num_pending", 0) + info.get("num_ack_pending", 0)
             return total
-        subs = json.loads(Http(self.ports["event-bus"]).get("/subscribers")[1])["subscribers"]
-        return sum(s.get("lag", 0) for s in subs)
+        subs = json.loads(Http(self.ports["event-bus"]).get("/subscribers")[1])
+        subs = subs.get("subscribers", []) if isinstance(subs, dict) else subs
+        return sum(s.get("lag", 0) for s in subs if isinstance(s, dict))
 
 
 def drop_database(server, name):
@@ -871,6 +882,11 @@ def main():
     }
     human(results)
     print(json.dumps(out, indent=2))
+    failed = [k for k, v in results.items() if isinstance(v, dict) and "error" in v]
+    failed += [f"reads-{k}" for k, v in (results.get("reads") or {}).items() if "error" in v]
+    if failed:
+        log(f"failed measures: {', '.join(failed)}")
+        sys.exit(1)
 
 
 if __name__ == "__main__":
