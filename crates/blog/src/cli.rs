@@ -71,6 +71,11 @@ pub struct CommonArgs {
     /// With a nats:// bus: the stream's replicas (3 on a three-server cluster).
     #[arg(long, env = "BLOG_NATS_REPLICAS", default_value_t = 1)]
     pub nats_replicas: usize,
+    /// Event bus: deliveries of one event to a subscriber that answers with
+    /// an error before the event is set aside as a dead letter (back-off
+    /// from 50 ms doubling to 5 s between them).
+    #[arg(long, env = "BLOG_DELIVERY_ATTEMPTS", default_value_t = blog_event_bus::DEFAULT_DELIVERY_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub delivery_attempts: u32,
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +150,7 @@ impl CommonArgs {
         settings.body_limit = self.body_limit;
         settings.policy = self.blocked_words.clone();
         settings.client_dir = self.client_dir.clone();
+        settings.delivery_attempts = self.delivery_attempts;
         settings.postgres = self.postgres.as_ref().map(|server| Postgres {
             server: server.clone(),
             prefix: self.postgres_db_prefix.clone(),

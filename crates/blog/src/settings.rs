@@ -66,6 +66,12 @@ pub struct Settings {
     pub bus: BusConfig,
     /// The event bus's subscribers (`POST /events` URLs).
     pub subscribers: Vec<String>,
+    /// Subscribers beyond our own services (course peers, tools), which
+    /// [`wire`](crate::startup::wire) keeps when it points the bus at our parts.
+    pub extra_subscribers: Vec<String>,
+    /// Deliveries of one event to a subscriber before the bus sets it aside
+    /// as a dead letter.
+    pub delivery_attempts: u32,
     pub cors: CorsOrigins,
     pub body_limit: usize,
     pub policy: Policy,
@@ -102,6 +108,8 @@ impl Settings {
                 url: url(ServiceKind::EventBus),
             },
             subscribers: blog_event_bus::default_subscribers(),
+            extra_subscribers: Vec::new(),
+            delivery_attempts: blog_event_bus::DEFAULT_DELIVERY_ATTEMPTS,
             cors: CorsOrigins::Any,
             body_limit: blog_kit::http::DEFAULT_BODY_LIMIT,
             policy: Policy::default(),

@@ -53,6 +53,7 @@ pub async fn build(kind: ServiceKind, settings: &Settings) -> Result<Service, St
             bus.cors = settings.cors.clone();
             bus.body_limit = settings.body_limit;
             bus.http = settings.http.clone();
+            bus.delivery_attempts = settings.delivery_attempts;
             blog_event_bus::build(&bus)
                 .await
                 .map_err(|e| storage(e.into()))?
@@ -208,6 +209,7 @@ pub fn wire(base: &Settings, addrs: &HashMap<ServiceKind, SocketAddr>) -> Settin
     ]
     .iter()
     .map(|kind| format!("{}/events", url_of(*kind)))
+    .chain(base.extra_subscribers.iter().cloned())
     .collect();
     settings.posts_url = url_of(ServiceKind::Posts);
     settings.comments_url = url_of(ServiceKind::Comments);

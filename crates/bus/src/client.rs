@@ -1,7 +1,11 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use blog_events::Envelope;
-use blog_kit::client::{ClientError, HttpClient};
+use blog_kit::client::{ClientError, HttpClient, json_array};
+use blog_kit::http::BATCH_BYTES;
+use blog_storage::outbox::Pending;
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -75,7 +79,13 @@ pub struct BusClient {
 
 #[derive(Debug, Clone)]
 enum Inner {
-    Http { url: String, http: HttpClient },
+    Http {
+        url: String,
+        http: HttpClient,
+        /// Whether the bus takes `POST /events/batch` (ours does; the
+        /// course's answers 404 and gets one event per request).
+        batches: Arc<AtomicBool>,
+    },
     Nats(Box<Nats>),
 }
 
@@ -87,6 +97,7 @@ impl BusClient {
             BusConfig::Http { url } => Inner::Http {
                 url: url.clone(),
                 http,
+                batches: Arc::new(AtomicBool::new(true)),
             },
             BusConfig::Nats {
                 url,
@@ -107,7 +118,7 @@ impl BusClient {
     /// Hands one event (its JSON) to the bus; `Ok` once the bus has stored it.
     pub async fn publish(&self, event_id: &str, body: &str) -> Result<(), BusError> {
         match &self.inner {
-            Inner::Http { url, http } => {
+            Inner::Http { url, http, .. } => {
                 let (status, answer) = http
                     .post_json(
                         &format!("{url}/events"),
@@ -127,11 +138,65 @@ impl BusClient {
         }
     }
 
+    /// Hands a batch of outbox events to the bus, in order; `Ok` once the
+    /// bus has stored all of them. One request to our bus, pipelined on
+    /// NATS, one request per event to a course bus.
+    pub async fn publish_batch(&self, batch: &[Pending]) -> Result<(), BusError> {
+        match &self.inner {
+            Inner::Http { url, http, batches } => {
+                if batch.len() > 1 && batches.load(Ordering::Relaxed) {
+                    for chunk in chunks(batch) {
+                        if !self.post_batch(url, http, chunk).await? {
+                            tracing::info!(bus = %url, "the bus takes one event per request");
+                            batches.store(false, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                    if batches.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                }
+                // Events already stored by a batch are recognised by id.
+                for pending in batch {
+                    self.publish(&pending.event_id, &pending.body).await?;
+                }
+                Ok(())
+            }
+            Inner::Nats(nats) => nats.publish_batch(batch).await,
+        }
+    }
+
+    /// Posts `chunk` to our bus's batch route. `Ok(false)` when the bus has
+    /// no such route (a course bus).
+    async fn post_batch(
+        &self,
+        url: &str,
+        http: &HttpClient,
+        chunk: &[Pending],
+    ) -> Result<bool, BusError> {
+        let (status, answer) = http
+            .post_json(
+                &format!("{url}/events/batch"),
+                json_array(chunk.iter().map(|p| p.body.as_str())),
+            )
+            .await?;
+        if status.is_success() {
+            Ok(true)
+        } else if matches!(status.as_u16(), 404 | 405) {
+            Ok(false)
+        } else {
+            Err(BusError::Refused {
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&answer).into_owned(),
+            })
+        }
+    }
+
     /// Every stored event after `seq`, oldest first. A course bus ignores
     /// `after` and sends them all; consumers deduplicate.
     pub async fn events_after(&self, seq: i64) -> Result<Vec<Value>, BusError> {
         match &self.inner {
-            Inner::Http { url, http } => {
+            Inner::Http { url, http, .. } => {
                 let (status, body) = http.get(&format!("{url}/events?after={seq}")).await?;
                 if !status.is_success() {
                     return Err(BusError::Refused {
@@ -153,7 +218,7 @@ impl BusClient {
     /// no health route; for NATS, a live connection).
     pub async fn reachable(&self) -> Result<(), BusError> {
         match &self.inner {
-            Inner::Http { url, http } => {
+            Inner::Http { url, http, .. } => {
                 http.get(&format!("{url}/healthz")).await?;
                 Ok(())
             }
@@ -178,4 +243,21 @@ pub(crate) fn parse_from_bus(value: Value) -> Option<Envelope> {
             None
         }
     }
+}
+
+/// `batch` cut into runs of at most [`BATCH_BYTES`] (at least one event each).
+fn chunks(batch: &[Pending]) -> Vec<&[Pending]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, pending) in batch.iter().enumerate() {
+        if i > start && bytes + pending.body.len() > BATCH_BYTES {
+            out.push(&batch[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += pending.body.len() + 1;
+    }
+    if start < batch.len() {
+        out.push(&batch[start..]);
+    }
+    out
 }

@@ -2,10 +2,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::post;
 use blog_events::{Envelope, Event};
 use blog_kit::error::JsonBody;
+use blog_kit::http::BATCH_BODY_LIMIT;
 use blog_kit::retry::until_ok;
 use blog_kit::{ApiError, CancellationToken, FieldError};
 use blog_storage::{Db, StorageError, Tx, inbox};
@@ -16,16 +17,19 @@ use crate::client::parse_from_bus;
 
 /// A service's reaction to the events it consumes.
 pub trait Handler: Send + Sync + 'static {
-    /// Applies `event` inside `tx`. Returns whether it wrote to the outbox.
-    /// Must tolerate any order: the event may arrive before the ones it
+    /// Applies `event` inside `tx` (events it emits go to the outbox through
+    /// `tx`). `seq` is the event's place in the bus's log, when the bus gave
+    /// one. Must tolerate any order: the event may arrive before the ones it
     /// follows.
     fn apply(
         &self,
         tx: &mut Tx,
         event: &Event,
-    ) -> impl Future<Output = Result<bool, StorageError>> + Send;
+        seq: Option<i64>,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
 
-    /// Called after the transaction that applied `event` committed.
+    /// Called right after the transaction that applied `event` committed,
+    /// in the writer task (so a cancelled delivery cannot skip it).
     fn applied(&self, _event: &Event) {}
 }
 
@@ -59,25 +63,62 @@ impl<H: Handler> Consumer<H> {
         &self.db
     }
 
-    pub async fn receive(&self, envelope: &Envelope) -> Result<Outcome, StorageError> {
-        let (Some(event), Some(key)) = (&envelope.event, envelope.dedup_key()) else {
+    /// Applies `envelope` once. The work runs in the database's writer, so
+    /// it completes (and the handler hears of the commit) even when the
+    /// delivery that brought it is cut off.
+    pub async fn receive(self: &Arc<Self>, envelope: Envelope) -> Result<Outcome, StorageError> {
+        let (Some(_), Some(key)) = (&envelope.event, envelope.dedup_key()) else {
             return Ok(Outcome::Ignored);
         };
-        let mut tx = self.db.begin().await?;
-        if !inbox::mark_processed(&mut tx, &key).await? {
-            if let Some(seq) = envelope.seq {
-                inbox::advance(&mut tx, seq).await?;
+        let (this, after) = (self.clone(), self.clone());
+        let written = self
+            .db
+            .write_then(
+                move |tx| {
+                    Box::pin(async move {
+                        let outcome = this.apply_in(tx, &key, &envelope).await?;
+                        Ok((outcome, envelope))
+                    })
+                },
+                move |(outcome, envelope): &(Outcome, Envelope)| {
+                    if *outcome == Outcome::Applied
+                        && let Some(event) = &envelope.event
+                    {
+                        after.handler.applied(event);
+                    }
+                },
+            )
+            .await?;
+        Ok(written.value.0)
+    }
+
+    /// Applies many events; they share transactions (group commit), each
+    /// still applied or refused alone.
+    pub async fn receive_all(
+        self: &Arc<Self>,
+        envelopes: Vec<Envelope>,
+    ) -> Vec<Result<Outcome, StorageError>> {
+        futures_util::future::join_all(envelopes.into_iter().map(|e| self.receive(e))).await
+    }
+
+    async fn apply_in(
+        &self,
+        tx: &mut Tx,
+        key: &str,
+        envelope: &Envelope,
+    ) -> Result<Outcome, StorageError> {
+        let outcome = if inbox::mark_processed(tx, key).await? {
+            if let Some(event) = &envelope.event {
+                self.handler.apply(tx, event, envelope.seq).await?;
             }
-            self.db.commit(tx, false).await?;
-            return Ok(Outcome::Duplicate);
-        }
-        let wrote_outbox = self.handler.apply(&mut tx, event).await?;
+            Outcome::Applied
+        } else {
+            Outcome::Duplicate
+        };
         if let Some(seq) = envelope.seq {
-            inbox::advance(&mut tx, seq).await?;
+            inbox::advance(tx, seq).await?;
         }
-        self.db.commit(tx, wrote_outbox).await?;
-        self.handler.applied(event);
-        Ok(Outcome::Applied)
+        Ok(outcome)
     }
 }
 
@@ -102,23 +143,58 @@ async fn dead_letters<H: Handler>(
 }
 
 /// `POST /events`: where the HTTP bus delivers. Answers 200 `{}` once the
-/// event is applied (or known, or of a type this service ignores). Also
-/// `GET /dead-letters`.
+/// event is applied (or known, or of a type this service ignores).
+/// `POST /events/batch` (ours): an array of events, applied together, with
+/// one result per event. Also `GET /dead-letters`.
 pub fn events_route<H: Handler>(consumer: Arc<Consumer<H>>) -> Router {
     async fn receive<H: Handler>(
         State(consumer): State<Arc<Consumer<H>>>,
         JsonBody(body): JsonBody,
     ) -> Result<axum::Json<Value>, ApiError> {
         let envelope = Envelope::from_value(body).map_err(refuse)?;
+        let type_name = envelope.type_name.clone();
         let outcome = consumer
-            .receive(&envelope)
+            .receive(envelope)
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        tracing::debug!(r#type = %envelope.type_name, ?outcome, "event received");
+        tracing::debug!(r#type = %type_name, ?outcome, "event received");
         Ok(axum::Json(json!({})))
+    }
+    async fn receive_batch<H: Handler>(
+        State(consumer): State<Arc<Consumer<H>>>,
+        JsonBody(body): JsonBody,
+    ) -> Result<axum::Json<Value>, ApiError> {
+        let Value::Array(events) = body else {
+            return Err(ApiError::BadRequest(
+                "a batch must be a JSON array of events".into(),
+            ));
+        };
+        let mut results = vec![Value::Null; events.len()];
+        let mut valid = Vec::with_capacity(events.len());
+        for (i, event) in events.into_iter().enumerate() {
+            match Envelope::from_value(event) {
+                Ok(envelope) => valid.push((i, envelope)),
+                Err(e) => results[i] = json!({"status": 400, "error": e.message}),
+            }
+        }
+        let (places, envelopes): (Vec<usize>, Vec<Envelope>) = valid.into_iter().unzip();
+        for (i, outcome) in places
+            .into_iter()
+            .zip(consumer.receive_all(envelopes).await)
+        {
+            results[i] = match outcome {
+                Ok(_) => json!({"status": 200}),
+                Err(e) => json!({"status": 503, "error": e.to_string()}),
+            };
+        }
+        Ok(axum::Json(json!({ "results": results })))
     }
     Router::new()
         .route("/events", post(receive::<H>))
+        .route(
+            "/events/batch",
+            post(receive_batch::<H>).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
+        )
         .route("/dead-letters", axum::routing::get(dead_letters::<H>))
         .with_state(consumer)
 }
@@ -167,19 +243,20 @@ pub async fn catch_up<H: Handler>(
 }
 
 async fn catch_up_once<H: Handler>(
-    consumer: &Consumer<H>,
+    consumer: &Arc<Consumer<H>>,
     bus: &BusClient,
 ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
     let after = inbox::last_seq(&consumer.db).await?;
+    let envelopes: Vec<Envelope> = bus
+        .events_after(after)
+        .await?
+        .into_iter()
+        .filter_map(parse_from_bus)
+        .filter(|envelope| envelope.seq.is_none_or(|seq| seq > after))
+        .collect();
     let mut applied = 0;
-    for value in bus.events_after(after).await? {
-        let Some(envelope) = parse_from_bus(value) else {
-            continue;
-        };
-        if envelope.seq.is_some_and(|seq| seq <= after) {
-            continue;
-        }
-        if consumer.receive(&envelope).await? == Outcome::Applied {
+    for outcome in consumer.receive_all(envelopes).await {
+        if outcome? == Outcome::Applied {
             applied += 1;
         }
     }

@@ -18,5 +18,5 @@ pub use consumer::{
     Consumer, Handler, Outcome, catch_up, consume, events_route, ignore_events_route,
 };
 pub use nats::MAX_DELIVER;
-pub use relay::relay;
+pub use relay::{PUBLISH_WAIT, RelayState, relay};
 pub use wiring::{BuildError, ServiceConfig, readiness};

@@ -11,7 +11,8 @@ use blog_events::Envelope;
 use blog_kit::CancellationToken;
 use blog_kit::retry::until_ok;
 use blog_storage::inbox;
-use futures_util::StreamExt;
+use blog_storage::outbox::Pending;
+use futures_util::{FutureExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
@@ -29,6 +30,8 @@ const BACKOFF: [Duration; 4] = [
     Duration::from_secs(30),
 ];
 const ACK_WAIT: Duration = Duration::from_secs(30);
+/// Messages applied together, at most.
+const BATCH: usize = 256;
 
 #[derive(Clone)]
 pub struct Nats {
@@ -102,25 +105,49 @@ impl Nats {
             .await
     }
 
-    pub async fn publish(&self, event_id: &str, body: &str) -> Result<(), BusError> {
+    fn subject_of(&self, body: &str) -> Result<String, BusError> {
         let event_type = serde_json::from_str::<Value>(body)
             .ok()
             .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_owned))
             .filter(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
             .ok_or_else(|| BusError::Malformed("an outbox event without a usable type".into()))?;
+        Ok(self.subject(&event_type))
+    }
+
+    /// Sends one event; the returned future is JetStream's acknowledgement
+    /// (stored, or a duplicate of something stored, which counts as success).
+    async fn send(
+        &self,
+        event_id: &str,
+        body: &str,
+    ) -> Result<jetstream::context::PublishAckFuture, BusError> {
+        let subject = self.subject_of(body)?;
         self.stream().await?;
         let mut headers = HeaderMap::new();
         if !event_id.is_empty() {
             headers.insert("Nats-Msg-Id", event_id);
         }
-        // The second await is JetStream's acknowledgement: stored (or a
-        // duplicate of something stored, which counts as success).
         self.js
-            .publish_with_headers(self.subject(&event_type), headers, body.to_owned().into())
+            .publish_with_headers(subject, headers, body.to_owned().into())
             .await
-            .map_err(nats_error)?
-            .await
-            .map_err(nats_error)?;
+            .map_err(nats_error)
+    }
+
+    pub async fn publish(&self, event_id: &str, body: &str) -> Result<(), BusError> {
+        self.send(event_id, body).await?.await.map_err(nats_error)?;
+        Ok(())
+    }
+
+    /// Publishes every event before waiting for any acknowledgement: one
+    /// round trip for the batch, not one per event.
+    pub async fn publish_batch(&self, batch: &[Pending]) -> Result<(), BusError> {
+        let mut acks = Vec::with_capacity(batch.len());
+        for pending in batch {
+            acks.push(self.send(&pending.event_id, &pending.body).await?);
+        }
+        for ack in acks {
+            ack.await.map_err(nats_error)?;
+        }
         Ok(())
     }
 
@@ -189,7 +216,7 @@ impl Nats {
     async fn consume_once<H: Handler>(
         &self,
         durable: &str,
-        consumer: &Consumer<H>,
+        consumer: &Arc<Consumer<H>>,
         shutdown: &CancellationToken,
     ) -> Result<(), BusError> {
         let stream = self.stream().await?;
@@ -213,6 +240,7 @@ impl Nats {
         let mut messages = pull
             .stream()
             .heartbeat(Duration::from_secs(5))
+            .max_messages_per_batch(BATCH)
             .messages()
             .await
             .map_err(nats_error)?;
@@ -224,54 +252,73 @@ impl Nats {
             let Some(message) = next else {
                 return Err(BusError::Nats("message stream ended".into()));
             };
-            let message = message.map_err(nats_error)?;
-            self.handle(consumer, &message).await;
+            // Whatever else has already arrived joins this batch: applied in
+            // shared transactions, acknowledged together.
+            let mut batch = vec![message.map_err(nats_error)?];
+            while batch.len() < BATCH {
+                match messages.next().now_or_never() {
+                    Some(Some(message)) => batch.push(message.map_err(nats_error)?),
+                    Some(None) | None => break,
+                }
+            }
+            self.handle(consumer, batch).await;
         }
     }
 
-    async fn handle<H: Handler>(&self, consumer: &Consumer<H>, message: &jetstream::Message) {
-        let Ok(info) = message.info() else {
-            tracing::warn!("a JetStream message without metadata; ignored");
-            return;
-        };
-        let (seq, delivered) = (
-            i64::try_from(info.stream_sequence).unwrap_or(i64::MAX),
-            info.delivered,
-        );
-        let envelope = match Envelope::from_slice(&message.payload) {
-            Ok(mut envelope) => {
-                envelope.seq = Some(seq);
-                envelope
-            }
-            Err(e) => {
-                // It will never parse: set it aside and let the rest flow.
-                dead_letter(consumer, message, seq, &format!("malformed: {e}")).await;
-                return;
-            }
-        };
-        match consumer.receive(&envelope).await {
-            Ok(_) => {
-                // Acked only after the commit; double ack waits for the
-                // server's confirmation, so an ack is never lost on exit.
-                if let Err(e) = message.double_ack().await {
-                    tracing::warn!(error = %e, seq, "ack not confirmed; the redelivery will be a no-op");
+    async fn handle<H: Handler>(
+        &self,
+        consumer: &Arc<Consumer<H>>,
+        batch: Vec<jetstream::Message>,
+    ) {
+        let mut parsed = Vec::with_capacity(batch.len());
+        let mut envelopes = Vec::with_capacity(batch.len());
+        for message in batch {
+            let Ok(info) = message.info() else {
+                tracing::warn!("a JetStream message without metadata; ignored");
+                continue;
+            };
+            let (seq, delivered) = (
+                i64::try_from(info.stream_sequence).unwrap_or(i64::MAX),
+                info.delivered,
+            );
+            match Envelope::from_slice(&message.payload) {
+                Ok(mut envelope) => {
+                    envelope.seq = Some(seq);
+                    envelopes.push(envelope);
+                    parsed.push((message, seq, delivered));
+                }
+                Err(e) => {
+                    // It will never parse: set it aside and let the rest flow.
+                    dead_letter(consumer, &message, seq, &format!("malformed: {e}")).await;
                 }
             }
-            Err(e) if delivered >= MAX_DELIVER => {
-                dead_letter(
-                    consumer,
-                    message,
-                    seq,
-                    &format!("failed {delivered} times: {e}"),
-                )
-                .await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, seq, delivered, "handling failed; JetStream will redeliver");
-                let delay = BACKOFF[usize::try_from(delivered - 1)
-                    .unwrap_or(0)
-                    .min(BACKOFF.len() - 1)];
-                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+        }
+        let outcomes = consumer.receive_all(envelopes).await;
+        for ((message, seq, delivered), outcome) in parsed.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(_) => {
+                    // Acked only after the commit. A lost ack means a
+                    // redelivery, which is a no-op; the ack is flushed on exit.
+                    if let Err(e) = message.ack().await {
+                        tracing::warn!(error = %e, seq, "ack not sent; the redelivery will be a no-op");
+                    }
+                }
+                Err(e) if delivered >= MAX_DELIVER => {
+                    dead_letter(
+                        consumer,
+                        &message,
+                        seq,
+                        &format!("failed {delivered} times: {e}"),
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, seq, delivered, "handling failed; JetStream will redeliver");
+                    let delay = BACKOFF[usize::try_from(delivered - 1)
+                        .unwrap_or(0)
+                        .min(BACKOFF.len() - 1)];
+                    let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+                }
             }
         }
     }

@@ -1,7 +1,9 @@
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use blog_kit::CancellationToken;
 use blog_storage::{Db, Engine, outbox};
+use tokio::sync::watch;
 
 use crate::BusClient;
 
@@ -9,16 +11,116 @@ use crate::BusClient;
 /// fallback only, since every commit that writes to the outbox wakes it.
 const POLL: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Events published per round: one request to our bus, pipelined on NATS.
+const BATCH: i64 = 256;
+/// A relay failing this long makes its service not ready.
+const UNHEALTHY_AFTER: Duration = Duration::from_secs(3);
+/// How long a write waits for its event to reach the bus before it answers
+/// anyway (the outbox still delivers it).
+pub const PUBLISH_WAIT: Duration = Duration::from_secs(2);
+
+/// What a service's outbox relay has done, shared with its routes (to answer
+/// once an event is on the bus) and its readiness check.
+pub struct RelayState {
+    /// The highest outbox sequence number this relay has published.
+    published: watch::Sender<i64>,
+    failing: Mutex<Option<(Instant, String)>>,
+}
+
+impl Default for RelayState {
+    fn default() -> Self {
+        Self {
+            published: watch::Sender::new(0),
+            failing: Mutex::new(None),
+        }
+    }
+}
+
+impl RelayState {
+    fn published(&self, seq: i64) {
+        self.published.send_if_modified(|last| {
+            let newer = seq > *last;
+            if newer {
+                *last = seq;
+            }
+            newer
+        });
+        self.healthy();
+    }
+
+    fn healthy(&self) {
+        if let Ok(mut failing) = self.failing.lock() {
+            *failing = None;
+        }
+    }
+
+    fn failed(&self, why: String) {
+        if let Ok(mut failing) = self.failing.lock() {
+            match failing.as_mut() {
+                Some((_, last)) => *last = why,
+                None => *failing = Some((Instant::now(), why)),
+            }
+        }
+    }
+
+    /// `Err` with the reason when the relay has not been able to publish
+    /// for more than a few seconds.
+    pub fn ready(&self) -> Result<(), String> {
+        let failing = self.failing.lock().map_err(|_| "relay: state poisoned")?;
+        match failing.as_ref() {
+            Some((since, why)) if since.elapsed() > UNHEALTHY_AFTER => Err(format!(
+                "relay: cannot publish to the bus for {}s: {why}",
+                since.elapsed().as_secs()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits until outbox row `seq` is on the bus, at most `limit`. On a
+    /// shared outbox (PostgreSQL replicas) another replica's relay may
+    /// publish it, so the row's absence counts too.
+    pub async fn wait_published(&self, db: &Db, seq: i64, limit: Duration) {
+        let mut published = self.published.subscribe();
+        let shared = db.engine() == Engine::Postgres;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let latest = *published.borrow_and_update();
+            let done = if shared {
+                matches!(outbox::waiting(db, seq).await, Ok(false))
+            } else {
+                latest >= seq
+            };
+            if done {
+                return;
+            }
+            // On a shared outbox, look again now and then for rows another
+            // replica published.
+            let look_again =
+                tokio::time::sleep(Duration::from_millis(if shared { 20 } else { 1000 }));
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return,
+                changed = published.changed() => if changed.is_err() { return },
+                () = look_again => {}
+            }
+        }
+    }
+}
 
 /// Relays committed outbox events to the bus until `shutdown`, in commit
 /// order. An event leaves the outbox only after the bus acknowledged it, so a
 /// crash at any point leads to a resend, which the bus and every consumer
 /// recognise by the event id.
-pub async fn relay(db: Db, bus: BusClient, shutdown: CancellationToken) {
+pub async fn relay(
+    db: Db,
+    bus: BusClient,
+    state: std::sync::Arc<RelayState>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match drain(&db, &bus, &shutdown).await {
+        match drain(&db, &bus, &state, &shutdown).await {
             Ok(()) => {
+                state.healthy();
                 backoff = Duration::from_millis(50);
                 tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -28,6 +130,7 @@ pub async fn relay(db: Db, bus: BusClient, shutdown: CancellationToken) {
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay could not publish");
+                state.failed(e.to_string());
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(backoff) => {}
@@ -40,32 +143,37 @@ pub async fn relay(db: Db, bus: BusClient, shutdown: CancellationToken) {
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
-async fn drain(db: &Db, bus: &BusClient, shutdown: &CancellationToken) -> Result<(), Failure> {
+async fn drain(
+    db: &Db,
+    bus: &BusClient,
+    state: &RelayState,
+    shutdown: &CancellationToken,
+) -> Result<(), Failure> {
     match db.engine() {
-        Engine::Sqlite => drain_single(db, bus, shutdown).await,
-        Engine::Postgres => drain_shared(db, bus, shutdown).await,
+        Engine::Sqlite => drain_single(db, bus, state, shutdown).await,
+        Engine::Postgres => drain_shared(db, bus, state, shutdown).await,
     }
 }
 
-/// One relay per database (SQLite, one process): read, publish, delete,
-/// without holding the write lock while the bus answers.
+/// One relay per database (SQLite, one process): read a batch, publish it,
+/// delete it, without holding the write lock while the bus answers.
 async fn drain_single(
     db: &Db,
     bus: &BusClient,
+    state: &RelayState,
     shutdown: &CancellationToken,
 ) -> Result<(), Failure> {
     loop {
-        let batch = outbox::peek(db, 64).await?;
-        if batch.is_empty() {
+        let batch = outbox::peek(db, BATCH).await?;
+        let Some(last) = batch.last().map(|p| p.seq) else {
             return Ok(());
-        }
-        for pending in batch {
-            if shutdown.is_cancelled() {
-                return Ok(());
-            }
-            bus.publish(&pending.event_id, &pending.body).await?;
-            outbox::remove(db, pending.seq).await?;
-            tracing::debug!(event_id = %pending.event_id, "relayed");
+        };
+        bus.publish_batch(&batch).await?;
+        state.published(last);
+        outbox::remove_through(db, last).await?;
+        tracing::debug!(events = batch.len(), "relayed");
+        if shutdown.is_cancelled() {
+            return Ok(());
         }
     }
 }
@@ -76,20 +184,20 @@ async fn drain_single(
 async fn drain_shared(
     db: &Db,
     bus: &BusClient,
+    state: &RelayState,
     shutdown: &CancellationToken,
 ) -> Result<(), Failure> {
     loop {
-        let mut tx = db.begin().await?;
-        let batch = outbox::claim(&mut tx, 64).await?;
-        if batch.is_empty() {
+        let mut tx = db.pool().begin().await?;
+        let batch = outbox::claim(&mut tx, BATCH).await?;
+        let Some(last) = batch.iter().map(|p| p.seq).max() else {
             tx.rollback().await?;
             return Ok(());
-        }
-        for pending in &batch {
-            bus.publish(&pending.event_id, &pending.body).await?;
-            outbox::remove_claimed(&mut tx, pending.seq).await?;
-        }
+        };
+        bus.publish_batch(&batch).await?;
+        outbox::remove_claimed(&mut tx, &batch).await?;
         tx.commit().await?;
+        state.published(last);
         if shutdown.is_cancelled() {
             return Ok(());
         }

@@ -1,8 +1,11 @@
+use std::sync::Arc;
+
 use blog_kit::client::HttpClient;
 use blog_kit::health::ReadyCheck;
 use blog_kit::http::{CorsOrigins, DEFAULT_BODY_LIMIT};
 use blog_storage::{Db, StorageConfig, StorageError};
 
+use crate::relay::RelayState;
 use crate::{BusClient, BusConfig, BusError};
 
 /// What every service is configured with, whatever else it needs.
@@ -40,14 +43,29 @@ impl ServiceConfig {
     }
 }
 
-/// Ready when the service's database and the bus both answer.
-pub fn readiness(db: Db, bus: BusClient) -> ReadyCheck {
-    std::sync::Arc::new(move || {
-        let (db, bus) = (db.clone(), bus.clone());
+/// Ready when the service's database answers and takes writes, the bus
+/// answers, and (for a service that emits events) its relay can publish.
+pub fn readiness(db: Db, bus: BusClient, relay: Option<Arc<RelayState>>) -> ReadyCheck {
+    Arc::new(move || {
+        let (db, bus, relay) = (db.clone(), bus.clone(), relay.clone());
         Box::pin(async move {
-            db.ping().await.map_err(|e| format!("storage: {e}"))?;
-            bus.reachable().await.map_err(|e| format!("bus: {e}"))?;
-            Ok(())
+            let mut problems = Vec::new();
+            if let Err(e) = db.ping().await {
+                problems.push(format!("storage: {e}"));
+            } else if let Err(e) = db.writable().await {
+                problems.push(format!("storage: {e}"));
+            }
+            if let Err(e) = bus.reachable().await {
+                problems.push(format!("bus: {e}"));
+            }
+            if let Some(Err(e)) = relay.map(|relay| relay.ready()) {
+                problems.push(e);
+            }
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(problems.join("; "))
+            }
         })
     })
 }

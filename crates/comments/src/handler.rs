@@ -9,20 +9,25 @@ use crate::store;
 pub struct Moderated;
 
 impl Handler for Moderated {
-    async fn apply(&self, tx: &mut Tx, event: &Event) -> Result<bool, StorageError> {
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        event: &Event,
+        _seq: Option<i64>,
+    ) -> Result<(), StorageError> {
         let Event::CommentModerated(moderated) = event else {
-            return Ok(false);
+            return Ok(());
         };
         let Some(comment) = store::find(tx, &moderated.id).await? else {
             // Not a comment of ours: a course peer's, or from another
             // deployment. Nothing here to update.
             tracing::warn!(comment = %moderated.id, "moderation for an unknown comment ignored");
-            return Ok(false);
+            return Ok(());
         };
         if moderated.status.rank() <= comment.status.rank()
             || !store::decide(tx, &moderated.id, moderated.status).await?
         {
-            return Ok(false);
+            return Ok(());
         }
         let updated = Envelope::new(Event::CommentUpdated(CommentUpdated {
             id: moderated.id.clone(),
@@ -30,8 +35,7 @@ impl Handler for Moderated {
             content: comment.content,
             status: moderated.status,
         }));
-        outbox::push(tx, &updated).await?;
-        Ok(true)
+        outbox::push(tx, &updated).await
     }
 }
 
@@ -69,22 +73,22 @@ mod tests {
         store::create(&db, "c", "p", "hello", &created)
             .await
             .expect("create");
-        let consumer = Consumer::new(db.clone(), Moderated);
+        let consumer = std::sync::Arc::new(Consumer::new(db.clone(), Moderated));
 
         assert_eq!(
             consumer
-                .receive(&moderated("c", Status::Approved))
+                .receive(moderated("c", Status::Approved).clone())
                 .await
                 .expect("ok"),
             Outcome::Applied
         );
         // A contradicting late decision, and one for an unknown comment, change nothing.
         consumer
-            .receive(&moderated("c", Status::Rejected))
+            .receive(moderated("c", Status::Rejected).clone())
             .await
             .expect("ok");
         consumer
-            .receive(&moderated("unknown", Status::Rejected))
+            .receive(moderated("unknown", Status::Rejected).clone())
             .await
             .expect("ok");
 

@@ -1,5 +1,5 @@
 use blog_events::{Envelope, Status};
-use blog_storage::{AnyRow, Db, Row, StorageError, Tx, outbox};
+use blog_storage::{AnyRow, Db, Row, StorageError, Tx, Written, outbox};
 use serde::Serialize;
 
 /// A comment as the course API shows it.
@@ -24,26 +24,38 @@ fn status(row: &AnyRow) -> Result<Status, sqlx::Error> {
 }
 
 /// Stores a new pending comment and queues its event; returns all of the
-/// post's comments as committed.
+/// post's comments as committed, and the event's outbox row.
 pub async fn create(
     db: &Db,
     id: &str,
     post_id: &str,
     content: &str,
     event: &Envelope,
-) -> Result<Vec<Comment>, StorageError> {
-    let mut tx = db.begin().await?;
-    sqlx::query("INSERT INTO comments (id, post_id, content, status) VALUES ($1, $2, $3, $4)")
-        .bind(id)
-        .bind(post_id)
-        .bind(content)
-        .bind(Status::Pending.as_str())
-        .execute(&mut *tx)
-        .await?;
-    outbox::push(&mut tx, event).await?;
-    let comments = of_post(&mut tx, post_id).await?;
-    db.commit(tx, true).await?;
-    Ok(comments)
+) -> Result<Written<Vec<Comment>>, StorageError> {
+    let (id, post_id, content, event) = (
+        id.to_owned(),
+        post_id.to_owned(),
+        content.to_owned(),
+        event.clone(),
+    );
+    // A post's comments commit (and reach the outbox) in creation order.
+    let key = post_id.clone();
+    db.write_in_order(&key, move |tx| {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO comments (id, post_id, content, status) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&id)
+            .bind(&post_id)
+            .bind(&content)
+            .bind(Status::Pending.as_str())
+            .execute(&mut **tx)
+            .await?;
+            outbox::push(tx, &event).await?;
+            of_post(tx, &post_id).await
+        })
+    })
+    .await
 }
 
 async fn of_post(tx: &mut Tx, post_id: &str) -> Result<Vec<Comment>, StorageError> {

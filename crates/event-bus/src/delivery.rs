@@ -1,22 +1,31 @@
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use blog_kit::CancellationToken;
-use blog_kit::client::HttpClient;
+use blog_kit::client::{HttpClient, json_array};
+use blog_kit::http::BATCH_BYTES;
 use blog_storage::{Db, StorageError};
 use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::Notify;
 
 use crate::EventLog;
+use crate::undelivered;
 
 const BATCH: i64 = 256;
 const BACKOFF_START: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// One subscriber and how far it has acknowledged.
 pub struct Subscriber {
     pub url: String,
     cursor: AtomicI64,
+    /// Whether it takes `POST <url>/batch` (our services do; a course
+    /// service answers 404 and gets one event per request).
+    batches: AtomicBool,
+    /// Woken when an operator asks to send its dead letters again.
+    replay: Notify,
 }
 
 impl Subscriber {
@@ -29,6 +38,8 @@ impl Subscriber {
         Ok(Self {
             url: url.to_owned(),
             cursor: AtomicI64::new(cursor.unwrap_or(0)),
+            batches: AtomicBool::new(true),
+            replay: Notify::new(),
         })
     }
 
@@ -36,115 +47,287 @@ impl Subscriber {
         self.cursor.load(Ordering::Acquire)
     }
 
+    /// Whether it takes batches (as far as the bus has seen).
+    pub fn takes_batches(&self) -> bool {
+        self.batches.load(Ordering::Relaxed)
+    }
+
+    /// Wakes its delivery to send what an operator marked for replay.
+    pub fn wake_replay(&self) {
+        self.replay.notify_one();
+    }
+
     async fn save(&self, db: &Db, seq: i64) -> Result<(), StorageError> {
-        let mut tx = db.begin().await?;
-        sqlx::query(
-            "INSERT INTO cursors (subscriber, last_seq) VALUES ($1, $2)
-             ON CONFLICT (subscriber) DO UPDATE SET last_seq = excluded.last_seq",
-        )
-        .bind(&self.url)
-        .bind(seq)
-        .execute(&mut *tx)
+        let url = self.url.clone();
+        db.write(move |tx| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO cursors (subscriber, last_seq) VALUES ($1, $2)
+                     ON CONFLICT (subscriber) DO UPDATE SET last_seq = excluded.last_seq",
+                )
+                .bind(url)
+                .bind(seq)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            })
+        })
         .await?;
-        db.commit(tx, false).await
+        Ok(())
     }
 }
 
-/// What a subscriber's answer means for the event.
-enum Delivery {
+/// How a delivery attempt went.
+enum Attempt {
     Done,
-    /// Refused for good (a 4xx other than 408/429): retrying cannot help, and
-    /// holding it back would stall every later event.
-    Refused(u16),
-    Retry(String),
+    /// The subscriber answered, and not with success: counts toward the
+    /// attempts after which the event is set aside. A 4xx (other than
+    /// 408/429) can never succeed and is set aside at once.
+    Failed {
+        reason: String,
+        permanent: bool,
+    },
+    /// No answer (down, restarting, unreachable): retried for as long as it
+    /// takes, without counting, since the event is not at fault.
+    Unreachable(String),
 }
 
-async fn send(http: &HttpClient, url: &str, body: &str) -> Delivery {
-    match http
-        .post_json(url, Bytes::copy_from_slice(body.as_bytes()))
-        .await
-    {
-        Ok((status, _)) if status.is_success() => Delivery::Done,
-        Ok((status, _))
-            if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 =>
-        {
-            Delivery::Refused(status.as_u16())
-        }
-        Ok((status, _)) => Delivery::Retry(format!("answered {status}")),
-        Err(e) => Delivery::Retry(e.to_string()),
+fn judge(
+    answer: Result<(axum::http::StatusCode, Bytes), blog_kit::client::ClientError>,
+) -> Attempt {
+    match answer {
+        Ok((status, _)) if status.is_success() => Attempt::Done,
+        Ok((status, body)) => Attempt::Failed {
+            reason: format!(
+                "answered {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            ),
+            permanent: status.is_client_error() && !matches!(status.as_u16(), 408 | 429),
+        },
+        Err(e) => Attempt::Unreachable(e.to_string()),
     }
 }
 
-/// Delivers every event after the subscriber's cursor, in order, retrying
-/// each until it is acknowledged, until `shutdown`. The cursor is saved after
-/// each batch, so a restart redelivers at most one batch (consumers
-/// deduplicate).
-pub async fn deliver(
-    log: Arc<EventLog>,
-    subscriber: Arc<Subscriber>,
-    http: HttpClient,
-    shutdown: CancellationToken,
-) {
-    let mut appended = log.watch();
-    let mut saved = subscriber.cursor();
-    loop {
-        let from = subscriber.cursor();
-        let batch = match log.after(from, BATCH).await {
-            Ok(batch) => batch,
-            Err(e) => {
-                tracing::warn!(error = %e, "delivery cannot read the log");
-                if sleep_or_stop(BACKOFF_MAX, &shutdown).await {
-                    return;
+/// Delivers one subscriber's events: every event after its cursor, in
+/// order, at least once. An event it keeps failing on is retried with
+/// back-off `attempts` times and then set aside as a dead letter, so one
+/// poison event never blocks the rest.
+pub struct Delivery {
+    pub log: Arc<EventLog>,
+    pub subscriber: Arc<Subscriber>,
+    pub http: HttpClient,
+    pub attempts: u32,
+}
+
+impl Delivery {
+    /// Runs until `shutdown`. The cursor is saved after each batch, so a
+    /// restart redelivers at most one batch (consumers deduplicate).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut appended = self.log.watch();
+        loop {
+            if let Err(e) = self.replay_letters(&shutdown).await {
+                tracing::warn!(error = %e, subscriber = %self.subscriber.url, "could not replay dead letters");
+            }
+            let from = self.subscriber.cursor();
+            let batch = match self.log.after(from, BATCH).await {
+                Ok(batch) => cut(batch),
+                Err(e) => {
+                    tracing::warn!(error = %e, "delivery cannot read the log");
+                    if sleep_or_stop(BACKOFF_MAX, &shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = self.subscriber.replay.notified() => {}
+                    changed = appended.changed() => if changed.is_err() { return },
                 }
                 continue;
             }
-        };
-        if batch.is_empty() {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                changed = appended.changed() => if changed.is_err() { return },
+            let Some(last) = batch.last().map(|(seq, _)| *seq) else {
+                continue;
+            };
+            if !self.send_batch(&batch, &shutdown).await {
+                return;
             }
-            continue;
+            self.subscriber.cursor.store(last, Ordering::Release);
+            if let Err(e) = self.subscriber.save(self.log.db(), last).await {
+                tracing::warn!(error = %e, "could not save a delivery cursor");
+            }
         }
-        for (seq, body) in batch {
-            let mut backoff = BACKOFF_START;
-            loop {
-                match send(&http, &subscriber.url, &body).await {
-                    Delivery::Done => break,
-                    Delivery::Refused(status) => {
-                        tracing::error!(subscriber = %subscriber.url, seq, status, "subscriber refused an event; skipping it");
-                        break;
-                    }
-                    Delivery::Retry(why) => {
-                        tracing::debug!(subscriber = %subscriber.url, seq, %why, retry_in = ?backoff, "delivery failed");
-                        if sleep_or_stop(backoff, &shutdown).await {
-                            persist(&log, &subscriber, &mut saved).await;
-                            return;
+    }
+
+    /// Sends `batch`; false when shutdown came first (nothing of it counts
+    /// as delivered then).
+    async fn send_batch(&self, batch: &[(i64, String)], shutdown: &CancellationToken) -> bool {
+        let mut backoff = BACKOFF_START;
+        while self.subscriber.takes_batches() && batch.len() > 1 {
+            let body = json_array(batch.iter().map(|(_, body)| body.as_str()));
+            let answer = self
+                .http
+                .post_json(&format!("{}/batch", self.subscriber.url), body)
+                .await;
+            match answer {
+                Ok((status, body)) if status.is_success() => {
+                    let failed = failed_in(&body, batch.len());
+                    // The others are applied; the ones that failed get their
+                    // own bounded retries, in order.
+                    for i in failed {
+                        if !self.send_one(batch[i].0, &batch[i].1, shutdown).await {
+                            return false;
                         }
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
                     }
+                    return true;
+                }
+                Ok((status, _)) if matches!(status.as_u16(), 404 | 405) => {
+                    tracing::info!(subscriber = %self.subscriber.url, "subscriber takes one event per request");
+                    self.subscriber.batches.store(false, Ordering::Relaxed);
+                }
+                Ok((status, _)) => {
+                    // The whole batch was refused (the subscriber is not
+                    // ready, say): one at a time finds any event at fault.
+                    tracing::debug!(subscriber = %self.subscriber.url, %status, "batch refused; sending one by one");
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(subscriber = %self.subscriber.url, error = %e, retry_in = ?backoff, "subscriber unreachable");
+                    if sleep_or_stop(backoff, shutdown).await {
+                        return false;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
-            subscriber.cursor.store(seq, Ordering::Release);
-            if shutdown.is_cancelled() {
-                break;
+        }
+        for (seq, body) in batch {
+            if !self.send_one(*seq, body, shutdown).await {
+                return false;
             }
         }
-        persist(&log, &subscriber, &mut saved).await;
-        if shutdown.is_cancelled() {
-            return;
+        true
+    }
+
+    /// Sends one event until it is taken, refused for good, or has failed
+    /// `attempts` times (then it is set aside). False on shutdown.
+    async fn send_one(&self, seq: i64, body: &str, shutdown: &CancellationToken) -> bool {
+        match self.try_hard(body, shutdown).await {
+            None => false,
+            Some(Ok(())) => true,
+            Some(Err((attempts, reason))) => {
+                tracing::error!(subscriber = %self.subscriber.url, seq, attempts, %reason, "event set aside as a dead letter");
+                // Not recorded (the bus's own storage failing): keep trying to
+                // record it rather than lose it.
+                let mut backoff = BACKOFF_START;
+                while let Err(e) = undelivered::set_aside(
+                    self.log.db(),
+                    &self.subscriber.url,
+                    seq,
+                    attempts,
+                    &reason,
+                )
+                .await
+                {
+                    tracing::warn!(error = %e, "could not record a dead letter");
+                    if sleep_or_stop(backoff, shutdown).await {
+                        return false;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                true
+            }
         }
+    }
+
+    /// `None` on shutdown; `Err((attempts, last reason))` when given up.
+    async fn try_hard(
+        &self,
+        body: &str,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<(), (u32, String)>> {
+        let mut backoff = BACKOFF_START;
+        let mut failures = 0;
+        loop {
+            let answer = self
+                .http
+                .post_json(
+                    &self.subscriber.url,
+                    Bytes::copy_from_slice(body.as_bytes()),
+                )
+                .await;
+            match judge(answer) {
+                Attempt::Done => return Some(Ok(())),
+                Attempt::Failed { reason, permanent } => {
+                    failures += 1;
+                    if permanent || failures >= self.attempts {
+                        return Some(Err((failures, reason)));
+                    }
+                    tracing::debug!(subscriber = %self.subscriber.url, %reason, failures, "delivery failed");
+                }
+                Attempt::Unreachable(why) => {
+                    tracing::debug!(subscriber = %self.subscriber.url, %why, "subscriber unreachable");
+                }
+            }
+            if sleep_or_stop(backoff, shutdown).await {
+                return None;
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Sends again what an operator marked for replay.
+    async fn replay_letters(&self, shutdown: &CancellationToken) -> Result<(), StorageError> {
+        let db = self.log.db();
+        for letter in undelivered::to_replay(db, &self.subscriber.url).await? {
+            let Some(body) = self.log.get(letter.seq).await? else {
+                undelivered::delivered(db, letter.id).await?;
+                continue;
+            };
+            match self.try_hard(&body, shutdown).await {
+                None => return Ok(()),
+                Some(Ok(())) => {
+                    tracing::info!(subscriber = %self.subscriber.url, seq = letter.seq, "dead letter delivered");
+                    undelivered::delivered(db, letter.id).await?;
+                }
+                Some(Err((attempts, reason))) => {
+                    undelivered::failed_again(db, letter.id, attempts, &reason).await?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
-async fn persist(log: &EventLog, subscriber: &Subscriber, saved: &mut i64) {
-    let cursor = subscriber.cursor();
-    if cursor == *saved {
-        return;
-    }
-    match subscriber.save(log.db(), cursor).await {
-        Ok(()) => *saved = cursor,
-        Err(e) => tracing::warn!(error = %e, "could not save a delivery cursor"),
+/// The events of `batch` that fit in one request (at least one).
+fn cut(mut batch: Vec<(i64, String)>) -> Vec<(i64, String)> {
+    let mut bytes = 0;
+    let keep = batch
+        .iter()
+        .position(|(_, body)| {
+            bytes += body.len() + 1;
+            bytes > BATCH_BYTES
+        })
+        .unwrap_or(batch.len())
+        .max(1);
+    batch.truncate(keep);
+    batch
+}
+
+/// Indexes of the events a batch answer says were not applied. An answer
+/// that cannot be read counts every event as not applied.
+fn failed_in(answer: &[u8], len: usize) -> Vec<usize> {
+    let results = serde_json::from_slice::<Value>(answer)
+        .ok()
+        .and_then(|v| v.get("results").and_then(Value::as_array).cloned());
+    match results {
+        Some(results) if results.len() == len => results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.get("status").and_then(Value::as_u64) != Some(200))
+            .map(|(i, _)| i)
+            .collect(),
+        _ => (0..len).collect(),
     }
 }
 

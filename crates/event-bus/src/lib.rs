@@ -6,19 +6,23 @@
 mod delivery;
 mod log;
 mod routes;
+mod undelivered;
 
 use std::sync::Arc;
 
 use blog_kit::client::HttpClient;
 use blog_kit::http::{CorsOrigins, DEFAULT_BODY_LIMIT};
 use blog_kit::serve::Service;
-use blog_storage::{Db, Migrations, StorageConfig, StorageError};
+use blog_storage::{Db, Migrations, StorageConfig, StorageError, Writes};
 
 pub use delivery::Subscriber;
 pub use log::EventLog;
 
 pub const NAME: &str = "event-bus";
 pub const DEFAULT_PORT: u16 = 4005;
+/// Deliveries of one event to one subscriber before it is set aside: with
+/// back-off from 50 ms doubling to 5 s, about 20 s of trying.
+pub const DEFAULT_DELIVERY_ATTEMPTS: u32 = 10;
 
 static MIGRATIONS: Migrations = Migrations {
     sqlite: sqlx::migrate!("./migrations/sqlite"),
@@ -41,6 +45,8 @@ pub struct Config {
     pub cors: CorsOrigins,
     pub body_limit: usize,
     pub http: HttpClient,
+    /// Deliveries of one event to one subscriber before it is set aside.
+    pub delivery_attempts: u32,
 }
 
 impl Config {
@@ -51,12 +57,14 @@ impl Config {
             cors: CorsOrigins::Any,
             body_limit: DEFAULT_BODY_LIMIT,
             http: HttpClient::default(),
+            delivery_attempts: DEFAULT_DELIVERY_ATTEMPTS,
         }
     }
 }
 
 pub async fn build(config: &Config) -> Result<Service, StorageError> {
-    let db = Db::open(&config.storage, "event-bus", &MIGRATIONS).await?;
+    // Serial writes: the log numbers its events in commit order.
+    let db = Db::open_with(&config.storage, "event-bus", &MIGRATIONS, Writes::Serial).await?;
     let log = Arc::new(EventLog::open(db.clone()).await?);
     let mut subscribers = Vec::new();
     for url in &config.subscribers {
@@ -65,16 +73,25 @@ pub async fn build(config: &Config) -> Result<Service, StorageError> {
     let ready_db = db.clone();
     let ready: blog_kit::health::ReadyCheck = Arc::new(move || {
         let db = ready_db.clone();
-        Box::pin(async move { db.ping().await.map_err(|e| format!("storage: {e}")) })
+        Box::pin(async move {
+            db.ping().await.map_err(|e| format!("storage: {e}"))?;
+            db.writable()
+                .await
+                .map_err(|e| format!("storage: cannot append: {e}"))
+        })
     });
     let router =
         routes::router(log.clone(), subscribers.clone()).merge(blog_kit::health::routes(ready));
     let router = blog_kit::http::finish(router, &config.cors, config.body_limit);
     let mut service = Service::new(NAME, router);
     for subscriber in subscribers {
-        let (log, http) = (log.clone(), config.http.clone());
-        service =
-            service.with_task(move |shutdown| delivery::deliver(log, subscriber, http, shutdown));
+        let delivery = delivery::Delivery {
+            log: log.clone(),
+            subscriber,
+            http: config.http.clone(),
+            attempts: config.delivery_attempts.max(1),
+        };
+        service = service.with_task(move |shutdown| delivery.run(shutdown));
     }
     Ok(service)
 }

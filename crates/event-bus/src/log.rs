@@ -1,15 +1,17 @@
-use blog_events::Envelope;
+use std::sync::Arc;
+
 use blog_storage::{Db, Row, StorageError};
-use serde_json::Value;
-use tokio::sync::{Mutex, watch};
+use serde_json::{Map, Value};
+use tokio::sync::watch;
 
 /// The durable, ordered log of every event.
+///
+/// Appends run in the database's one writer (serial writes), which numbers
+/// them from the stored log itself: a publisher that goes away mid-append
+/// leaves nothing half-done behind, and many appends share one commit.
 pub struct EventLog {
     db: Db,
-    /// The last assigned sequence number; holding the lock is what makes
-    /// appends one at a time, so numbers have no gaps and follow commit order.
-    last: Mutex<i64>,
-    appended: watch::Sender<i64>,
+    appended: Arc<watch::Sender<i64>>,
 }
 
 /// The result of an append.
@@ -20,51 +22,84 @@ pub struct Appended {
     pub new: bool,
 }
 
+/// An event to store: its emitter's id (if any) and its JSON object.
+pub struct NewEvent {
+    pub id: Option<String>,
+    pub body: Map<String, Value>,
+}
+
 impl EventLog {
     pub async fn open(db: Db) -> Result<Self, StorageError> {
         let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
             .fetch_one(db.pool())
             .await?;
-        let (appended, _) = watch::channel(last);
         Ok(Self {
             db,
-            last: Mutex::new(last),
-            appended,
+            appended: Arc::new(watch::Sender::new(last)),
         })
     }
 
-    /// Stores `event` (already validated as `envelope`), stamped with the next
-    /// sequence number, and returns once it is committed.
-    pub async fn append(
-        &self,
-        envelope: &Envelope,
-        mut event: serde_json::Map<String, Value>,
-    ) -> Result<Appended, StorageError> {
-        let mut last = self.last.lock().await;
-        if let Some(id) = &envelope.id {
-            let known: Option<i64> =
-                sqlx::query_scalar("SELECT seq FROM events WHERE event_id = $1")
-                    .bind(id)
-                    .fetch_optional(self.db.pool())
-                    .await?;
-            if let Some(seq) = known {
-                return Ok(Appended { seq, new: false });
-            }
-        }
-        let seq = *last + 1;
-        event.insert("seq".into(), Value::from(seq));
-        let body = Value::Object(event).to_string();
-        let mut tx = self.db.begin().await?;
-        sqlx::query("INSERT INTO events (seq, event_id, body) VALUES ($1, $2, $3)")
-            .bind(seq)
-            .bind(envelope.id.clone())
-            .bind(body)
-            .execute(&mut *tx)
+    /// Stores `events` in order, each stamped with the next sequence number
+    /// (a resent id keeps its first number), and returns once committed.
+    pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>, StorageError> {
+        let appended = self.appended.clone();
+        let written = self
+            .db
+            .write_then(
+                move |tx| {
+                    Box::pin(async move {
+                        let mut next: i64 =
+                            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM events")
+                                .fetch_one(&mut **tx)
+                                .await?;
+                        let mut out = Vec::with_capacity(events.len());
+                        for NewEvent { id, mut body } in events {
+                            if let Some(id) = &id {
+                                let known: Option<i64> = sqlx::query_scalar(
+                                    "SELECT seq FROM events WHERE event_id = $1",
+                                )
+                                .bind(id)
+                                .fetch_optional(&mut **tx)
+                                .await?;
+                                if let Some(seq) = known {
+                                    out.push(Appended { seq, new: false });
+                                    continue;
+                                }
+                            }
+                            body.insert("seq".into(), Value::from(next));
+                            sqlx::query(
+                                "INSERT INTO events (seq, event_id, body) VALUES ($1, $2, $3)",
+                            )
+                            .bind(next)
+                            .bind(id)
+                            .bind(Value::Object(body).to_string())
+                            .execute(&mut **tx)
+                            .await?;
+                            out.push(Appended {
+                                seq: next,
+                                new: true,
+                            });
+                            next += 1;
+                        }
+                        Ok(out)
+                    })
+                },
+                // In the writer, right after the commit: deliveries wake
+                // even when the publisher went away.
+                move |out: &Vec<Appended>| {
+                    if let Some(last) = out.iter().filter(|a| a.new).map(|a| a.seq).max() {
+                        appended.send_if_modified(|seen| {
+                            let newer = last > *seen;
+                            if newer {
+                                *seen = last;
+                            }
+                            newer
+                        });
+                    }
+                },
+            )
             .await?;
-        self.db.commit(tx, false).await?;
-        *last = seq;
-        self.appended.send_replace(seq);
-        Ok(Appended { seq, new: true })
+        Ok(written.value)
     }
 
     /// Up to `limit` stored events after `seq`, as `(seq, body)`.
@@ -77,6 +112,14 @@ impl EventLog {
         rows.iter()
             .map(|row| Ok((row.try_get("seq")?, row.try_get("body")?)))
             .collect()
+    }
+
+    /// The stored event `seq`, if any.
+    pub async fn get(&self, seq: i64) -> Result<Option<String>, StorageError> {
+        Ok(sqlx::query_scalar("SELECT body FROM events WHERE seq = $1")
+            .bind(seq)
+            .fetch_optional(self.db.pool())
+            .await?)
     }
 
     /// Watches the last sequence number, to wake deliveries.

@@ -108,3 +108,17 @@ impl HttpClient {
             .map_err(|_| ClientError::Timeout(self.timeout))?
     }
 }
+
+/// Events (each already JSON) as one JSON array: the body of a batch.
+pub fn json_array<'a>(events: impl Iterator<Item = &'a str> + Clone) -> Bytes {
+    let mut body = Vec::with_capacity(events.clone().map(|e| e.len() + 1).sum::<usize>() + 2);
+    body.push(b'[');
+    for (i, event) in events.enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(event.as_bytes());
+    }
+    body.push(b']');
+    Bytes::from(body)
+}

@@ -10,8 +10,6 @@ use axum::routing::get;
 use futures_util::future::BoxFuture;
 use serde_json::json;
 
-use crate::ApiError;
-
 /// A readiness check: `Err` says what is not ready.
 pub type ReadyCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
@@ -33,7 +31,16 @@ pub fn routes(ready: ReadyCheck) -> Router {
 async fn readiness(ready: ReadyCheck) -> Response {
     match ready().await {
         Ok(()) => (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response(),
-        Err(why) => ApiError::Unavailable(why).into_response(),
+        // The reason is the point of a readiness answer: said in full, in
+        // the documented error shape.
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({
+                "status": "unavailable",
+                "errors": [{"message": format!("not ready: {why}")}],
+            })),
+        )
+            .into_response(),
     }
 }
 

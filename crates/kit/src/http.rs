@@ -14,6 +14,13 @@ use crate::ApiError;
 /// Default request body limit: 64 KiB.
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 
+/// Body limit of the batch routes between our own parts (`POST
+/// /events/batch`): many events of up to the default limit each. Senders
+/// keep a batch under [`BATCH_BYTES`].
+pub const BATCH_BODY_LIMIT: usize = 4 * 1024 * 1024;
+/// What a sender puts in one batch at most, in bytes of events.
+pub const BATCH_BYTES: usize = 1024 * 1024;
+
 /// Which browser origins may call a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CorsOrigins {

@@ -16,9 +16,14 @@ impl Moderator {
 }
 
 impl Handler for Moderator {
-    async fn apply(&self, tx: &mut Tx, event: &Event) -> Result<bool, StorageError> {
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        event: &Event,
+        _seq: Option<i64>,
+    ) -> Result<(), StorageError> {
         let Event::CommentCreated(created) = event else {
-            return Ok(false);
+            return Ok(());
         };
         let status = self.policy.decide(&created.content);
         let decided = sqlx::query(
@@ -29,7 +34,7 @@ impl Handler for Moderator {
         .execute(&mut **tx)
         .await?;
         if decided.rows_affected() == 0 {
-            return Ok(false);
+            return Ok(());
         }
         let moderated = Envelope::new(Event::CommentModerated(CommentModerated {
             id: created.id.clone(),
@@ -37,8 +42,7 @@ impl Handler for Moderator {
             status,
             content: created.content.clone(),
         }));
-        outbox::push(tx, &moderated).await?;
-        Ok(true)
+        outbox::push(tx, &moderated).await
     }
 }
 
@@ -49,7 +53,7 @@ mod tests {
     use blog_events::{CommentCreated, Status};
     use blog_storage::{Db, StorageConfig};
 
-    async fn consumer(dir: &tempfile::TempDir) -> (Db, Consumer<Moderator>) {
+    async fn consumer(dir: &tempfile::TempDir) -> (Db, std::sync::Arc<Consumer<Moderator>>) {
         let storage = StorageConfig::Sqlite {
             data_dir: dir.path().to_owned(),
         };
@@ -58,7 +62,7 @@ mod tests {
             .expect("db");
         (
             db.clone(),
-            Consumer::new(db, Moderator::new(Policy::default())),
+            std::sync::Arc::new(Consumer::new(db, Moderator::new(Policy::default()))),
         )
     }
 
@@ -90,14 +94,14 @@ mod tests {
         let (db, consumer) = consumer(&dir).await;
         assert_eq!(
             consumer
-                .receive(&created("c1", "an orange"))
+                .receive(created("c1", "an orange"))
                 .await
                 .expect("ok"),
             Outcome::Applied
         );
         assert_eq!(
             consumer
-                .receive(&created("c1", "an orange"))
+                .receive(created("c1", "an orange"))
                 .await
                 .expect("ok"),
             Outcome::Duplicate
@@ -106,11 +110,11 @@ mod tests {
         let mut resent = created("c1", "an orange");
         resent.id = Some("another-event-id".into());
         assert_eq!(
-            consumer.receive(&resent).await.expect("ok"),
+            consumer.receive(resent.clone()).await.expect("ok"),
             Outcome::Applied
         );
         assert_eq!(
-            consumer.receive(&created("c2", "fine")).await.expect("ok"),
+            consumer.receive(created("c2", "fine")).await.expect("ok"),
             Outcome::Applied
         );
 
@@ -144,7 +148,10 @@ mod tests {
             id: "p".into(),
             title: "t".into(),
         }));
-        assert_eq!(consumer.receive(&post).await.expect("ok"), Outcome::Applied);
+        assert_eq!(
+            consumer.receive(post.clone()).await.expect("ok"),
+            Outcome::Applied
+        );
         assert_eq!(blog_storage::outbox::len(&db).await.expect("len"), 0);
     }
 }

@@ -6,7 +6,9 @@ mod policy;
 
 use std::sync::Arc;
 
-use blog_bus::{BuildError, Consumer, ServiceConfig, consume, events_route, readiness, relay};
+use blog_bus::{
+    BuildError, Consumer, RelayState, ServiceConfig, consume, events_route, readiness, relay,
+};
 use blog_kit::serve::Service;
 use blog_storage::{Db, Migrations};
 
@@ -25,11 +27,15 @@ pub async fn build(config: &ServiceConfig, policy: Policy) -> Result<Service, Bu
     let db = Db::open(&config.storage, NAME, &MIGRATIONS).await?;
     let bus = config.connect_bus().await?;
     let consumer = Arc::new(Consumer::new(db.clone(), Moderator::new(policy)));
-    let router = events_route(consumer.clone())
-        .merge(blog_kit::health::routes(readiness(db.clone(), bus.clone())));
+    let relay_state = Arc::new(RelayState::default());
+    let router = events_route(consumer.clone()).merge(blog_kit::health::routes(readiness(
+        db.clone(),
+        bus.clone(),
+        Some(relay_state.clone()),
+    )));
     let router = blog_kit::http::finish(router, &config.cors, config.body_limit);
     let catch_up_bus = bus.clone();
     Ok(Service::new(NAME, router)
-        .with_task(move |shutdown| relay(db, bus, shutdown))
+        .with_task(move |shutdown| relay(db, bus, relay_state, shutdown))
         .with_task(move |shutdown| consume(consumer, catch_up_bus, NAME, shutdown)))
 }

@@ -7,7 +7,7 @@ mod store;
 
 use std::sync::Arc;
 
-use blog_bus::{BuildError, ServiceConfig, ignore_events_route, readiness, relay};
+use blog_bus::{BuildError, RelayState, ServiceConfig, ignore_events_route, readiness, relay};
 use blog_kit::serve::Service;
 use blog_storage::{Db, Migrations};
 
@@ -25,9 +25,17 @@ static MIGRATIONS: Migrations = Migrations {
 pub async fn build(config: &ServiceConfig) -> Result<Service, BuildError> {
     let db = Db::open(&config.storage, NAME, &MIGRATIONS).await?;
     let bus = config.connect_bus().await?;
-    let router = routes::router(Arc::new(db.clone()))
-        .merge(ignore_events_route())
-        .merge(blog_kit::health::routes(readiness(db.clone(), bus.clone())));
+    let relay_state = Arc::new(RelayState::default());
+    let router = routes::router(routes::AppState {
+        db: db.clone(),
+        relay: relay_state.clone(),
+    })
+    .merge(ignore_events_route())
+    .merge(blog_kit::health::routes(readiness(
+        db.clone(),
+        bus.clone(),
+        Some(relay_state.clone()),
+    )));
     let router = blog_kit::http::finish(router, &config.cors, config.body_limit);
-    Ok(Service::new(NAME, router).with_task(move |shutdown| relay(db, bus, shutdown)))
+    Ok(Service::new(NAME, router).with_task(move |shutdown| relay(db, bus, relay_state, shutdown)))
 }

@@ -3,21 +3,29 @@ use blog_storage::{Db, Row, StorageError, outbox};
 
 use crate::PostTitle;
 
-/// Stores a post and queues its event, in one transaction.
+/// Stores a post and queues its event, in one transaction; returns the
+/// event's outbox row.
 pub async fn create(
     db: &Db,
     id: &str,
     title: &PostTitle,
     event: &Envelope,
-) -> Result<(), StorageError> {
-    let mut tx = db.begin().await?;
-    sqlx::query("INSERT INTO posts (id, title) VALUES ($1, $2)")
-        .bind(id)
-        .bind(title.as_str())
-        .execute(&mut *tx)
+) -> Result<Option<i64>, StorageError> {
+    let (id, title, event) = (id.to_owned(), title.as_str().to_owned(), event.clone());
+    // Posts commit (and reach the outbox) in creation order.
+    let written = db
+        .write_in_order("posts", move |tx| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO posts (id, title) VALUES ($1, $2)")
+                    .bind(&id)
+                    .bind(&title)
+                    .execute(&mut **tx)
+                    .await?;
+                outbox::push(tx, &event).await
+            })
+        })
         .await?;
-    outbox::push(&mut tx, event).await?;
-    db.commit(tx, true).await
+    Ok(written.outbox)
 }
 
 /// Every post as `(id, title)`, in creation order.

@@ -6,6 +6,7 @@ use blog_storage::{StorageError, Tx};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::ReadModel;
+use crate::model::Change;
 use crate::model::{add_comment, add_post, update_comment};
 
 /// Projects events into the read model, in any order.
@@ -31,47 +32,53 @@ impl Projector {
     }
 }
 
-fn post_of(event: &Event) -> Option<&str> {
+fn change_of(event: &Event) -> Option<Change<'_>> {
     match event {
-        Event::PostCreated(post) => Some(&post.id),
-        Event::CommentCreated(comment) => Some(&comment.post_id),
-        Event::CommentUpdated(comment) => Some(&comment.post_id),
+        Event::PostCreated(post) => Some(Change::Post(&post.id)),
+        Event::CommentCreated(comment) => Some(Change::Comment(&comment.post_id)),
+        Event::CommentUpdated(comment) => Some(Change::Comment(&comment.post_id)),
         Event::CommentModerated(_) => None,
     }
 }
 
 impl Handler for Projector {
-    async fn apply(&self, tx: &mut Tx, event: &Event) -> Result<bool, StorageError> {
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        event: &Event,
+        seq: Option<i64>,
+    ) -> Result<(), StorageError> {
         match event {
             Event::PostCreated(post) => add_post(tx, post).await?,
-            Event::CommentCreated(comment) => add_comment(tx, comment).await?,
+            Event::CommentCreated(comment) => add_comment(tx, comment, seq).await?,
             Event::CommentUpdated(comment) => update_comment(tx, comment).await?,
             Event::CommentModerated(_) => {}
         }
         if self.shared
-            && let Some(post_id) = post_of(event)
+            && let Some(change) = change_of(event)
         {
             // Delivered to every listening replica when (and only if) this commits.
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CHANNEL)
-                .bind(post_id)
+                .bind(change.notification())
                 .execute(&mut **tx)
                 .await?;
         }
-        Ok(false)
+        Ok(())
     }
 
     fn applied(&self, event: &Event) {
         if self.shared {
             return; // the notification reaches this replica too
         }
-        let Some(post_id) = post_of(event) else {
+        let Some(change) = change_of(event) else {
             return;
         };
-        self.model.changed();
+        let post_id = change.post().unwrap_or_default().to_owned();
+        self.model.changed(change);
         // The receiver lives as long as the service; after shutdown there is
         // no one left to tell.
-        let _ = self.changed.send(post_id.to_owned());
+        let _ = self.changed.send(post_id);
     }
 }
 
@@ -92,12 +99,12 @@ mod tests {
             .expect("db");
         let model = Arc::new(ReadModel::new(db.clone()));
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let consumer = Consumer::new(db, Projector::new(model.clone(), tx, false));
+        let consumer = Arc::new(Consumer::new(db, Projector::new(model.clone(), tx, false)));
         for event in events {
             // Course-format events: no id, deduplicated by natural key.
             let envelope =
                 Envelope::from_value(serde_json::to_value(event).expect("json")).expect("valid");
-            consumer.receive(&envelope).await.expect("applied");
+            consumer.receive(envelope.clone()).await.expect("applied");
         }
         serde_json::from_slice(&model.posts_json().await.expect("posts")).expect("json")
     }

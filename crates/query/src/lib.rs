@@ -47,7 +47,11 @@ pub async fn build(config: &ServiceConfig) -> Result<Service, BuildError> {
         stop: stop.clone(),
     })
     .merge(events_route(consumer.clone()))
-    .merge(blog_kit::health::routes(readiness(db.clone(), bus.clone())));
+    .merge(blog_kit::health::routes(readiness(
+        db.clone(),
+        bus.clone(),
+        None,
+    )));
     let router = blog_kit::http::finish(router, &config.cors, config.body_limit);
     let mut service = Service::new(NAME, router);
     if shared {

@@ -12,6 +12,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::ReadModel;
 use crate::handler::CHANNEL;
 use crate::live::EVERYTHING;
+use crate::model::Change;
 
 pub async fn changes(
     url: String,
@@ -24,7 +25,7 @@ pub async fn changes(
             .await
             .inspect_err(|_| {
                 // Whatever happened meanwhile is unknown: drop caches, resync streams.
-                model.changed();
+                model.changed(Change::Everything);
                 let _ = changed.send(EVERYTHING.to_owned());
             })
     })
@@ -40,7 +41,7 @@ async fn listen(
     let mut listener = PgListener::connect(url).await?;
     listener.listen(CHANNEL).await?;
     // Changes before LISTEN took effect were not heard.
-    model.changed();
+    model.changed(Change::Everything);
     let _ = changed.send(EVERYTHING.to_owned());
     loop {
         let next = tokio::select! {
@@ -49,8 +50,11 @@ async fn listen(
         };
         match next {
             Some(notification) => {
-                model.changed();
-                let _ = changed.send(notification.payload().to_owned());
+                // The payload is `<kind>:<post id>` (see the projector).
+                let change = Change::from_notification(notification.payload());
+                let post = change.post().unwrap_or(EVERYTHING).to_owned();
+                model.changed(change);
+                let _ = changed.send(post);
             }
             None => return Err(sqlx::Error::PoolClosed),
         }

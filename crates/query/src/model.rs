@@ -1,66 +1,195 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use blog_events::{CommentCreated, CommentUpdated, PostCreated, Status};
 use blog_storage::{Db, Row, StorageError, Tx};
-use bytes::Bytes;
-use serde_json::{Map, Value, json};
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::{Value, json};
 
+/// Comments are listed in creation order on the bus when known (the seq of
+/// their `CommentCreated`), else in order of arrival.
+///
 /// The read model: tables in the service's database, and the answer to
-/// `GET /posts` kept serialised until the next change.
+/// `GET /posts` kept serialised per post. A change re-renders only the post
+/// it touched; a read assembles the cached pieces.
 pub struct ReadModel {
     db: Db,
-    /// Bumped after every committed change; a cached answer is good only for
-    /// the generation it was built in.
-    generation: AtomicU64,
-    cached: Mutex<Option<(u64, Bytes)>>,
+    /// What changed since the view was last brought up to date.
+    marks: Mutex<Marks>,
+    /// The whole answer while nothing is marked.
+    body: Mutex<Option<Bytes>>,
+    /// One rebuild at a time.
+    view: tokio::sync::Mutex<View>,
+}
+
+#[derive(Default)]
+struct Marks {
+    /// Anything may have changed (start, a lost notification).
+    all: bool,
+    /// A post arrived: the list of posts changed.
+    order: bool,
+    posts: HashSet<String>,
+}
+
+impl Marks {
+    fn is_empty(&self) -> bool {
+        !self.all && !self.order && self.posts.is_empty()
+    }
+}
+
+#[derive(Default)]
+struct View {
+    /// Post ids in creation order.
+    order: Vec<String>,
+    /// Each post rendered as JSON.
+    rendered: HashMap<String, Bytes>,
+}
+
+/// What a change touched.
+pub enum Change<'a> {
+    /// A new post (the list of posts changes).
+    Post(&'a str),
+    /// A comment of this post.
+    Comment(&'a str),
+    /// Unknown: rebuild everything.
+    Everything,
+}
+
+impl<'a> Change<'a> {
+    /// How replicas tell each other (PostgreSQL `NOTIFY` payload).
+    pub fn notification(&self) -> String {
+        match self {
+            Change::Post(id) => format!("post:{id}"),
+            Change::Comment(id) => format!("comment:{id}"),
+            Change::Everything => String::new(),
+        }
+    }
+
+    pub fn from_notification(payload: &'a str) -> Self {
+        match payload.split_once(':') {
+            Some(("post", id)) => Change::Post(id),
+            Some(("comment", id)) => Change::Comment(id),
+            _ => Change::Everything,
+        }
+    }
+
+    /// The post it touched.
+    pub fn post(&self) -> Option<&'a str> {
+        match self {
+            Change::Post(id) | Change::Comment(id) => Some(id),
+            Change::Everything => None,
+        }
+    }
 }
 
 impl ReadModel {
     pub fn new(db: Db) -> Self {
         Self {
             db,
-            generation: AtomicU64::new(0),
-            cached: Mutex::new(None),
+            marks: Mutex::new(Marks {
+                all: true,
+                ..Marks::default()
+            }),
+            body: Mutex::new(None),
+            view: tokio::sync::Mutex::new(View::default()),
         }
     }
 
-    pub(crate) fn changed(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+    /// Records a committed change; the next read renders what it touched.
+    pub(crate) fn changed(&self, change: Change<'_>) {
+        let Ok(mut marks) = self.marks.lock() else {
+            return;
+        };
+        match change {
+            Change::Post(id) => {
+                marks.order = true;
+                marks.posts.insert(id.to_owned());
+            }
+            Change::Comment(id) => {
+                marks.posts.insert(id.to_owned());
+            }
+            Change::Everything => marks.all = true,
+        }
+    }
+
+    fn take_marks(&self) -> Marks {
+        self.marks
+            .lock()
+            .map(|mut marks| std::mem::take(&mut *marks))
+            .unwrap_or(Marks {
+                all: true,
+                ..Marks::default()
+            })
+    }
+
+    fn fresh_body(&self) -> Option<Bytes> {
+        let unmarked = self.marks.lock().ok()?.is_empty();
+        if !unmarked {
+            return None;
+        }
+        self.body.lock().ok()?.clone()
     }
 
     /// `GET /posts`: every post that has arrived, in order, with its comments.
     pub async fn posts_json(&self) -> Result<Bytes, StorageError> {
-        let generation = self.generation.load(Ordering::Acquire);
-        if let Ok(cached) = self.cached.lock()
-            && let Some((built, body)) = cached.as_ref()
-            && *built == generation
-        {
-            return Ok(body.clone());
+        if let Some(body) = self.fresh_body() {
+            return Ok(body);
         }
-        let body = Bytes::from(Value::Object(self.load_all().await?).to_string());
-        if let Ok(mut cached) = self.cached.lock() {
-            // Only a model built from this generation or a later one is kept.
-            if cached
-                .as_ref()
-                .is_none_or(|(built, _)| *built <= generation)
-            {
-                *cached = Some((generation, body.clone()));
-            }
+        let mut view = self.view.lock().await;
+        // Taken before reading: a change committed after this point marks
+        // again, so the next read sees it.
+        let marks = self.take_marks();
+        if marks.is_empty()
+            && let Some(body) = self.body.lock().ok().and_then(|b| b.clone())
+        {
+            return Ok(body);
+        }
+        if let Err(e) = self.bring_up_to_date(&mut view, &marks).await {
+            self.changed(Change::Everything);
+            return Err(e);
+        }
+        let body = assemble(&view);
+        if let Ok(mut cached) = self.body.lock() {
+            *cached = Some(body.clone());
         }
         Ok(body)
     }
 
-    async fn load_all(&self) -> Result<Map<String, Value>, StorageError> {
-        let mut tx = self.db.pool().begin().await?;
+    async fn bring_up_to_date(&self, view: &mut View, marks: &Marks) -> Result<(), StorageError> {
+        if marks.all {
+            *view = self.load_all().await?;
+            return Ok(());
+        }
+        if marks.order {
+            view.order = sqlx::query_scalar("SELECT id FROM posts ORDER BY pos")
+                .fetch_all(self.db.pool())
+                .await?;
+        }
+        for id in &marks.posts {
+            match self.post_json(id).await? {
+                Some(post) => {
+                    view.rendered
+                        .insert(id.clone(), Bytes::from(post.to_string()));
+                }
+                None => {
+                    view.rendered.remove(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn load_all(&self) -> Result<View, StorageError> {
+        let mut conn = self.db.pool().acquire().await?;
         let posts = sqlx::query("SELECT id, title FROM posts ORDER BY pos")
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut *conn)
             .await?;
-        let rows = sqlx::query("SELECT id, post_id, content, status FROM comments ORDER BY pos")
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        let rows = sqlx::query(
+            "SELECT id, post_id, content, status FROM comments
+             ORDER BY COALESCE(created_seq, 9223372036854775807), pos",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
         let mut comments: HashMap<String, Vec<Value>> = HashMap::new();
         for row in rows {
             let post_id: String = row.try_get("post_id")?;
@@ -69,17 +198,17 @@ impl ReadModel {
                 .or_default()
                 .push(comment_json(&row)?);
         }
-        let mut out = Map::new();
+        let mut view = View::default();
         for row in posts {
             let id: String = row.try_get("id")?;
             let title: String = row.try_get("title")?;
             let comments = comments.remove(&id).unwrap_or_default();
-            out.insert(
-                id.clone(),
-                json!({"id": id, "title": title, "comments": comments}),
-            );
+            let post = json!({"id": id, "title": title, "comments": comments});
+            view.rendered
+                .insert(id.clone(), Bytes::from(post.to_string()));
+            view.order.push(id);
         }
-        Ok(out)
+        Ok(view)
     }
 
     /// One post with its comments, or `None` until its `PostCreated` arrived.
@@ -92,7 +221,8 @@ impl ReadModel {
             return Ok(None);
         };
         let rows = sqlx::query(
-            "SELECT id, post_id, content, status FROM comments WHERE post_id = $1 ORDER BY pos",
+            "SELECT id, post_id, content, status FROM comments WHERE post_id = $1
+             ORDER BY COALESCE(created_seq, 9223372036854775807), pos",
         )
         .bind(id)
         .fetch_all(self.db.pool())
@@ -106,6 +236,33 @@ impl ReadModel {
             json!({"id": id, "title": title, "comments": comments}),
         ))
     }
+}
+
+/// `{"<id>":<post>,...}` from the rendered posts, in order.
+fn assemble(view: &View) -> Bytes {
+    let size: usize = view
+        .order
+        .iter()
+        .map(|id| id.len() + 4 + view.rendered.get(id).map_or(0, Bytes::len))
+        .sum();
+    let mut out = BytesMut::with_capacity(size + 2);
+    out.put_u8(b'{');
+    let mut first = true;
+    for id in &view.order {
+        let Some(post) = view.rendered.get(id) else {
+            continue;
+        };
+        if !first {
+            out.put_u8(b',');
+        }
+        first = false;
+        // Post ids are validated event ids; serde escapes what JSON needs.
+        out.put_slice(Value::String(id.clone()).to_string().as_bytes());
+        out.put_u8(b':');
+        out.put_slice(post);
+    }
+    out.put_u8(b'}');
+    out.freeze()
 }
 
 fn comment_json(row: &blog_storage::AnyRow) -> Result<Value, StorageError> {
@@ -124,7 +281,11 @@ pub(crate) async fn add_post(tx: &mut Tx, post: &PostCreated) -> Result<(), Stor
     Ok(())
 }
 
-pub(crate) async fn add_comment(tx: &mut Tx, comment: &CommentCreated) -> Result<(), StorageError> {
+pub(crate) async fn add_comment(
+    tx: &mut Tx,
+    comment: &CommentCreated,
+    seq: Option<i64>,
+) -> Result<(), StorageError> {
     upsert_comment(
         tx,
         &comment.id,
@@ -133,7 +294,15 @@ pub(crate) async fn add_comment(tx: &mut Tx, comment: &CommentCreated) -> Result
         comment.status,
         false,
     )
-    .await
+    .await?;
+    if let Some(seq) = seq {
+        sqlx::query("UPDATE comments SET created_seq = $1 WHERE id = $2 AND created_seq IS NULL")
+            .bind(seq)
+            .bind(&comment.id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 pub(crate) async fn update_comment(

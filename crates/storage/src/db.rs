@@ -2,13 +2,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyPool, AssertSqlSafe};
+use sqlx::{AnyPool, AssertSqlSafe};
 use tokio::sync::Notify;
 
-/// A write transaction on a service's database.
-pub type Tx = sqlx::Transaction<'static, Any>;
+use crate::writer::{Tx, Writer, Written};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -27,6 +27,22 @@ pub enum StorageError {
     PostgresUrl(String),
     #[error("invalid database name {0:?}: use lowercase letters, digits and _")]
     DatabaseName(String),
+    /// A write that did not commit (the disk is full, the server is gone):
+    /// nothing of it is stored, and it may be retried.
+    #[error("write failed: {0}")]
+    Write(String),
+    #[error("the database is closed")]
+    Closed,
+}
+
+/// How a service's writes may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// One transaction at a time, in queue order: what a log that numbers
+    /// its entries needs.
+    Serial,
+    /// Several transactions at once where the engine allows it (PostgreSQL).
+    Concurrent,
 }
 
 /// Where a service keeps its data.
@@ -55,14 +71,22 @@ pub enum Engine {
     Postgres,
 }
 
-/// A service's database, with a signal that wakes its outbox relay on commit.
-#[derive(Clone, Debug)]
+/// A service's database: reads from a pool, writes through group commit,
+/// and a signal that wakes its outbox relay on commit.
+#[derive(Clone)]
 pub struct Db {
     pool: AnyPool,
     engine: Engine,
     /// The database's own URL, for PostgreSQL (listeners connect to it).
     url: String,
     outbox_written: Arc<Notify>,
+    writer: Writer,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("engine", &self.engine).finish()
+    }
 }
 
 /// `url` with its database replaced by `database` (query string kept).
@@ -119,7 +143,8 @@ async fn connect_postgres(server: &str, database: &str) -> Result<(AnyPool, Stri
     let url = with_database(server, database)?;
     let options = || {
         AnyPoolOptions::new()
-            .max_connections(8)
+            .max_connections(12)
+            .test_before_acquire(false)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
             .idle_timeout(Duration::from_secs(300))
@@ -157,6 +182,16 @@ impl Db {
         service: &str,
         migrations: &Migrations,
     ) -> Result<Self, StorageError> {
+        Self::open_with(config, service, migrations, Writes::Concurrent).await
+    }
+
+    /// As [`open`](Self::open), choosing how writes may run.
+    pub async fn open_with(
+        config: &StorageConfig,
+        service: &str,
+        migrations: &Migrations,
+        writes: Writes,
+    ) -> Result<Self, StorageError> {
         install_default_drivers();
         let (pool, engine, url) = match config {
             StorageConfig::Sqlite { data_dir } => {
@@ -170,6 +205,7 @@ impl Db {
                 // reads run beside it (WAL), more would only queue.
                 let pool = AnyPoolOptions::new()
                     .max_connections(4)
+                    .test_before_acquire(false)
                     .acquire_timeout(Duration::from_secs(10))
                     .connect(&url)
                     .await?;
@@ -204,11 +240,20 @@ impl Db {
         shared.dangerous_set_table_name("_blog_shared_migrations");
         shared.run(&pool).await?;
         own.run(&pool).await?;
+        // SQLite has one writer at a time; on PostgreSQL a few transactions
+        // in flight keep the server's own group commit busy.
+        let writers = match (engine, writes) {
+            (Engine::Sqlite, _) | (_, Writes::Serial) => 1,
+            (Engine::Postgres, Writes::Concurrent) => 4,
+        };
+        let outbox_written = Arc::new(Notify::new());
+        let writer = Writer::start(pool.clone(), engine, writers, outbox_written.clone());
         Ok(Self {
             pool,
             engine,
             url,
-            outbox_written: Arc::new(Notify::new()),
+            outbox_written,
+            writer,
         })
     }
 
@@ -225,23 +270,63 @@ impl Db {
         &self.url
     }
 
-    /// Starts a transaction that will write. On SQLite it takes the write lock
-    /// up front, so two writers queue instead of failing on upgrade.
-    pub async fn begin(&self) -> Result<Tx, StorageError> {
-        let tx = match self.engine {
-            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Engine::Postgres => self.pool.begin().await?,
-        };
-        Ok(tx)
+    /// Runs `work` in a write transaction and returns once it committed
+    /// (group commit: it may share the transaction, never its failure, with
+    /// other writes). The work runs in a writer task, so it commits or fails
+    /// whole even when the caller stops waiting.
+    pub async fn write<T, F>(&self, work: F) -> Result<Written<T>, StorageError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<T, StorageError>> + Send + 'static,
+    {
+        self.writer.write(None, work, |_| {}).await
     }
 
-    /// Commits `tx` and, when it wrote to the outbox, wakes the relay.
-    pub async fn commit(&self, tx: Tx, wrote_outbox: bool) -> Result<(), StorageError> {
-        tx.commit().await?;
-        if wrote_outbox {
-            self.outbox_written.notify_one();
-        }
-        Ok(())
+    /// As [`write`](Self::write); writes with the same `key` commit in the
+    /// order they were queued (on PostgreSQL several writers run at once).
+    pub async fn write_in_order<T, F>(&self, key: &str, work: F) -> Result<Written<T>, StorageError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<T, StorageError>> + Send + 'static,
+    {
+        self.writer.write(Some(key), work, |_| {}).await
+    }
+
+    /// As [`write`](Self::write), and runs `after_commit` right after the
+    /// commit, in the writer task: what must follow a commit (a cache to
+    /// refresh) follows it even when the caller went away.
+    pub async fn write_then<T, F, A>(
+        &self,
+        work: F,
+        after_commit: A,
+    ) -> Result<Written<T>, StorageError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<T, StorageError>> + Send + 'static,
+        A: FnOnce(&T) + Send + 'static,
+    {
+        self.writer.write(None, work, after_commit).await
+    }
+
+    /// Whether writes work: `Err` with the reason while the last write
+    /// failed, until a probe write commits (space came back on the disk).
+    pub async fn writable(&self) -> Result<(), String> {
+        let Some((since, why)) = self.writer.health().failing() else {
+            return Ok(());
+        };
+        let probe = self
+            .write(|tx| {
+                Box::pin(async move {
+                    sqlx::query("UPDATE write_probe SET at = at + 1 WHERE id = 1")
+                        .execute(&mut **tx)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .await;
+        probe
+            .map(|_| ())
+            .map_err(|_| format!("writes failing for {}s: {why}", since.as_secs()))
     }
 
     /// Resolves when a commit has written to the outbox since the last call.

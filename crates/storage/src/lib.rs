@@ -5,9 +5,14 @@
 mod db;
 pub mod inbox;
 pub mod outbox;
+mod writer;
 
-pub use db::{Db, Engine, Migrations, StorageConfig, StorageError, Tx, database_of, with_database};
+pub use db::{
+    Db, Engine, Migrations, StorageConfig, StorageError, Writes, database_of, with_database,
+};
+pub use futures_util::future::BoxFuture;
 pub use sqlx::migrate::Migrator;
 pub use sqlx::{Row, query, query_as, query_scalar};
+pub use writer::{Tx, Written};
 
 pub use sqlx::any::AnyRow;

@@ -22,13 +22,17 @@ fn to_pending(row: &sqlx::any::AnyRow) -> Result<Pending, StorageError> {
     })
 }
 
-/// Queues `envelope` in `tx`; it is published only if `tx` commits.
+/// Queues `envelope` in `tx`; it is published only if `tx` commits. The
+/// transaction remembers it, so the writer wakes the relay on commit and the
+/// caller learns the row's sequence number.
 pub async fn push(tx: &mut Tx, envelope: &Envelope) -> Result<(), StorageError> {
-    sqlx::query("INSERT INTO outbox (event_id, body) VALUES ($1, $2)")
-        .bind(envelope.id.clone().unwrap_or_default())
-        .bind(envelope.to_json())
-        .execute(&mut **tx)
-        .await?;
+    let seq: i64 =
+        sqlx::query_scalar("INSERT INTO outbox (event_id, body) VALUES ($1, $2) RETURNING seq")
+            .bind(envelope.id.clone().unwrap_or_default())
+            .bind(envelope.to_json())
+            .fetch_one(&mut **tx)
+            .await?;
+    tx.wrote_outbox(seq);
     Ok(())
 }
 
@@ -41,13 +45,29 @@ pub async fn peek(db: &Db, limit: i64) -> Result<Vec<Pending>, StorageError> {
     rows.iter().map(to_pending).collect()
 }
 
-/// Forgets an event the bus has acknowledged.
-pub async fn remove(db: &Db, seq: i64) -> Result<(), StorageError> {
-    sqlx::query("DELETE FROM outbox WHERE seq = $1")
-        .bind(seq)
-        .execute(db.pool())
-        .await?;
+/// Forgets every event up to `seq`, all acknowledged by the bus (one relay
+/// per database publishes in sequence order).
+pub async fn remove_through(db: &Db, seq: i64) -> Result<(), StorageError> {
+    db.write(move |tx| {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM outbox WHERE seq <= $1")
+                .bind(seq)
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        })
+    })
+    .await?;
     Ok(())
+}
+
+/// Whether outbox row `seq` still waits to be relayed.
+pub async fn waiting(db: &Db, seq: i64) -> Result<bool, StorageError> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT seq FROM outbox WHERE seq = $1")
+        .bind(seq)
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(found.is_some())
 }
 
 /// How many events wait to be relayed.
@@ -59,7 +79,10 @@ pub async fn len(db: &Db) -> Result<i64, StorageError> {
 
 /// Claims up to `limit` of the oldest events in `tx`, skipping rows another
 /// replica's relay holds (PostgreSQL), so several relays share the outbox.
-pub async fn claim(tx: &mut Tx, limit: i64) -> Result<Vec<Pending>, StorageError> {
+pub async fn claim(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    limit: i64,
+) -> Result<Vec<Pending>, StorageError> {
     let rows = sqlx::query(
         "SELECT seq, event_id, body FROM outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
@@ -69,11 +92,23 @@ pub async fn claim(tx: &mut Tx, limit: i64) -> Result<Vec<Pending>, StorageError
     rows.iter().map(to_pending).collect()
 }
 
-/// Forgets a claimed event once the bus acknowledged it; final at commit.
-pub async fn remove_claimed(tx: &mut Tx, seq: i64) -> Result<(), StorageError> {
-    sqlx::query("DELETE FROM outbox WHERE seq = $1")
-        .bind(seq)
-        .execute(&mut **tx)
-        .await?;
+/// Forgets claimed events once the bus acknowledged them; final at commit.
+pub async fn remove_claimed(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    batch: &[Pending],
+) -> Result<(), StorageError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let placeholders: Vec<String> = (1..=batch.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "DELETE FROM outbox WHERE seq IN ({})",
+        placeholders.join(", ")
+    );
+    let mut delete = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for pending in batch {
+        delete = delete.bind(pending.seq);
+    }
+    delete.execute(&mut **tx).await?;
     Ok(())
 }
