@@ -10,6 +10,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -41,10 +42,17 @@ fn post_created(post: &str, title: &str) -> Value {
 }
 
 /// Sends `POST {path}` with `body` to `addr` on a fresh TCP connection and
-/// closes it as soon as the request is written, without reading the answer:
-/// a client that gives up (a timeout, a killed process) while the server
-/// works on its request.
-async fn post_and_hang_up(addr: SocketAddr, path: &str, body: &Value) {
+/// closes it once the request is written and `then` is done, without reading
+/// the answer: a client that gives up (a timeout, a killed process) while the
+/// server works on its request. Varying `then` (a few yields to the
+/// scheduler, a millisecond or two) cuts requests off at different points of
+/// their handling.
+async fn post_and_hang_up(
+    addr: SocketAddr,
+    path: &str,
+    body: &Value,
+    then: impl Future<Output = ()>,
+) {
     let body = body.to_string();
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -62,7 +70,15 @@ async fn post_and_hang_up(addr: SocketAddr, path: &str, body: &Value) {
             Err(e) => panic!("write to {addr}: {e}"),
         }
     }
+    then.await;
     drop(stream);
+}
+
+/// Lets other tasks run `n` times.
+async fn yields(n: u64) {
+    for _ in 0..n {
+        tokio::task::yield_now().await;
+    }
 }
 
 /// `data.id` of an event.
@@ -271,11 +287,14 @@ async fn hang_ups_on_the_bus(engines: Engines) {
                 .iter()
                 .map(|e| e["id"].as_str().unwrap().to_owned()),
         );
-        join_all(
-            abandoned
-                .iter()
-                .map(|event| post_and_hang_up(bus, "/events", event)),
-        )
+        join_all(abandoned.iter().zip(0_u64..).map(|(event, i)| {
+            post_and_hang_up(
+                bus,
+                "/events",
+                event,
+                tokio::time::sleep(Duration::from_micros(250 * i)),
+            )
+        }))
         .await;
         let event = post_created(&unique("p"), &format!("normal {round}"));
         let id = event["id"].as_str().unwrap().to_owned();
@@ -323,13 +342,13 @@ async fn cut_off_deliveries_to_query(engines: Engines) {
     let query = system.addrs[&ServiceKind::Query];
     let deliver = format!("{}/events", system.url(ServiceKind::Query));
     let posts = format!("{}/posts", system.url(ServiceKind::Query));
-    for i in 0..20 {
+    for i in 0_u64..40 {
         // An answer to cache, which the cut-off delivery makes stale.
         let before = system.get(&posts).await;
         assert_eq!(before.status, StatusCode::OK, "{engines}: {before:?}");
         let post = unique("p");
         let event = post_created(&post, &format!("delivered twice {i}"));
-        post_and_hang_up(query, "/events", &event).await;
+        post_and_hang_up(query, "/events", &event, yields(i)).await;
         let again = system.post(&deliver, &event).await;
         assert_eq!(
             (again.status, &again.body),
@@ -462,7 +481,10 @@ async fn writes_fail_cleanly_on_a_full_disk_and_resume_when_space_returns() {
     fill(&filler);
     let mut refused = 0;
     let mut attempts = 0;
-    while refused < 5 && attempts < 500 {
+    let started = std::time::Instant::now();
+    // Bounded by count and by time (a write may wait on its relay for a
+    // while), not a measurement: the test asserts no duration.
+    while refused < 5 && attempts < 500 && started.elapsed() < CONVERGE {
         attempts += 1;
         if let Some(id) = create_post_on(&http, &posts, &format!("while full {attempts}")).await {
             acknowledged.push(id);
