@@ -866,6 +866,7 @@ struct Written {
 /// write answered 201; failures (a part down, a 503) are expected and
 /// retried.
 async fn write_load(
+    writer: usize,
     http: HttpClient,
     posts_url: String,
     comments_url: String,
@@ -878,7 +879,7 @@ async fn write_load(
     while !stop.load(Ordering::SeqCst) {
         n += 1;
         let ok = if n.is_multiple_of(25) {
-            let body = Bytes::from(json!({"title": format!("chaos {n}")}).to_string());
+            let body = Bytes::from(json!({"title": format!("chaos {writer}.{n}")}).to_string());
             match http
                 .post_json(&format!("{posts_url}/posts/create"), body)
                 .await
@@ -895,9 +896,9 @@ async fn write_load(
         } else {
             let post = posts[n % posts.len()].clone();
             let content = if n.is_multiple_of(4) {
-                format!("orange {n}")
+                format!("orange {writer}.{n}")
             } else {
-                format!("fine {n}")
+                format!("fine {writer}.{n}")
             };
             let body = Bytes::from(json!({"content": content}).to_string());
             match http
@@ -998,6 +999,10 @@ async fn crashes_under_load_lose_nothing_and_apply_nothing_twice() {
 }
 
 async fn chaos(engines: Engines) {
+    /// Concurrent writers, so crashes land on batches, not single writes.
+    const WRITERS: usize = 4;
+    /// Acknowledged comments between one crash and the next.
+    const BETWEEN_CRASHES: usize = 150;
     const VICTIMS: [ServiceKind; 5] = [
         ServiceKind::EventBus,
         ServiceKind::Posts,
@@ -1012,14 +1017,19 @@ async fn chaos(engines: Engines) {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(AtomicUsize::new(0));
-    let load = tokio::spawn(write_load(
-        system.http.clone(),
-        system.url(ServiceKind::Posts),
-        system.url(ServiceKind::Comments),
-        seeds.clone(),
-        stop.clone(),
-        progress.clone(),
-    ));
+    let load: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            tokio::spawn(write_load(
+                writer,
+                system.http.clone(),
+                system.url(ServiceKind::Posts),
+                system.url(ServiceKind::Comments),
+                seeds.clone(),
+                stop.clone(),
+                progress.clone(),
+            ))
+        })
+        .collect();
     for round in 0..2 {
         for kind in VICTIMS {
             let before = progress.load(Ordering::SeqCst);
@@ -1029,7 +1039,7 @@ async fn chaos(engines: Engines) {
                         "{engines}: writes go on before crash {round} of {}",
                         kind.name()
                     ),
-                    || async { progress.load(Ordering::SeqCst) >= before + 20 },
+                    || async { progress.load(Ordering::SeqCst) >= before + BETWEEN_CRASHES },
                 )
                 .await;
             system.crash(kind).await;
@@ -1040,11 +1050,22 @@ async fn chaos(engines: Engines) {
     system
         .until(
             &format!("{engines}: writes go on after the last restart"),
-            || async { progress.load(Ordering::SeqCst) >= before + 20 },
+            || async { progress.load(Ordering::SeqCst) >= before + BETWEEN_CRASHES },
         )
         .await;
     stop.store(true, Ordering::SeqCst);
-    let written = load.await.expect("the load task");
+    let mut written = Written::default();
+    for task in load {
+        let mine = task.await.expect("a writer task");
+        written.posts.extend(mine.posts);
+        written.comments.extend(mine.comments);
+    }
+    eprintln!(
+        "{engines}: chaos: {} comments and {} posts acknowledged across {} crashes",
+        written.comments.len(),
+        written.posts.len(),
+        2 * VICTIMS.len()
+    );
     assert!(
         !written.comments.is_empty(),
         "{engines}: no comment was written"
