@@ -278,7 +278,7 @@ async fn hang_ups_on_the_bus(engines: Engines) {
     let publish = format!("{}/events", system.url(ServiceKind::EventBus));
     let mut sent = HashSet::new();
     let mut normal = Vec::new();
-    for round in 0..5 {
+    for round in 0..10 {
         let abandoned: Vec<Value> = (0..20)
             .map(|i| post_created(&unique("p"), &format!("abandoned {round}.{i}")))
             .collect();
@@ -518,6 +518,22 @@ async fn writes_fail_cleanly_on_a_full_disk_and_resume_when_space_returns() {
         .await;
     let recovered = recovered.into_inner().unwrap().expect("recovered");
     acknowledged.push(recovered.clone());
+    // Not one lucky connection: every write succeeds from now on, several at
+    // once (a pool holds several connections).
+    for group in 0..4 {
+        let answers = join_all((0..5).map(|i| {
+            let title = format!("after recovery {group}.{i}");
+            let (http, posts) = (&http, &posts);
+            async move { (create_post_on(http, posts, &title).await, title) }
+        }))
+        .await;
+        for (id, title) in answers {
+            let id = id.unwrap_or_else(|| {
+                panic!("{engines}: a write after recovery ({title}) answered 503")
+            });
+            acknowledged.push(id);
+        }
+    }
 
     let query = format!("{}/posts", system.url(ServiceKind::Query));
     system
