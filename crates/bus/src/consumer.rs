@@ -28,6 +28,11 @@ pub trait Handler: Send + Sync + 'static {
         seq: Option<i64>,
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
 
+    /// Whether this service consumes `event` at all. Events it does not are
+    /// answered at once and never written down: the bus sends every event
+    /// to every subscriber.
+    fn consumes(&self, event: &Event) -> bool;
+
     /// Called right after the transaction that applied `event` committed,
     /// in the writer task (so a cancelled delivery cannot skip it).
     fn applied(&self, _event: &Event) {}
@@ -67,16 +72,19 @@ impl<H: Handler> Consumer<H> {
     /// it completes (and the handler hears of the commit) even when the
     /// delivery that brought it is cut off.
     pub async fn receive(self: &Arc<Self>, envelope: Envelope) -> Result<Outcome, StorageError> {
-        let (Some(_), Some(key)) = (&envelope.event, envelope.dedup_key()) else {
+        if !self.wants(&envelope) {
             return Ok(Outcome::Ignored);
-        };
+        }
         let (this, after) = (self.clone(), self.clone());
         let written = self
             .db
             .write_then(
                 move |tx| {
                     Box::pin(async move {
-                        let outcome = this.apply_in(tx, &key, &envelope).await?;
+                        let outcome = this.apply_one(tx, &envelope).await?;
+                        if let Some(seq) = envelope.seq {
+                            inbox::advance(tx, seq).await?;
+                        }
                         Ok((outcome, envelope))
                     })
                 },
@@ -92,33 +100,82 @@ impl<H: Handler> Consumer<H> {
         Ok(written.value.0)
     }
 
-    /// Applies many events; they share transactions (group commit), each
-    /// still applied or refused alone.
+    /// Applies many events in one job (one transaction, the cursor moved
+    /// once). If that fails, each is tried alone, so one event that cannot
+    /// be applied does not hold back the others; each result is its own.
     pub async fn receive_all(
         self: &Arc<Self>,
         envelopes: Vec<Envelope>,
     ) -> Vec<Result<Outcome, StorageError>> {
-        futures_util::future::join_all(envelopes.into_iter().map(|e| self.receive(e))).await
+        let wanted = envelopes.iter().filter(|e| self.wants(e)).count();
+        if wanted <= 1 {
+            let mut out = Vec::new();
+            for envelope in envelopes {
+                out.push(self.receive(envelope).await);
+            }
+            return out;
+        }
+        let (this, after) = (self.clone(), self.clone());
+        let together = envelopes.clone();
+        let written = self
+            .db
+            .write_then(
+                move |tx| {
+                    Box::pin(async move {
+                        let mut outcomes = Vec::with_capacity(together.len());
+                        for envelope in &together {
+                            outcomes.push(this.apply_one(tx, envelope).await?);
+                        }
+                        if let Some(seq) = together.iter().filter_map(|e| e.seq).max() {
+                            inbox::advance(tx, seq).await?;
+                        }
+                        Ok((outcomes, together))
+                    })
+                },
+                move |(outcomes, envelopes): &(Vec<Outcome>, Vec<Envelope>)| {
+                    for (outcome, envelope) in outcomes.iter().zip(envelopes) {
+                        if *outcome == Outcome::Applied
+                            && let Some(event) = &envelope.event
+                        {
+                            after.handler.applied(event);
+                        }
+                    }
+                },
+            )
+            .await;
+        match written {
+            Ok(written) => written.value.0.into_iter().map(Ok).collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "a batch failed; applying its events one by one");
+                futures_util::future::join_all(envelopes.into_iter().map(|e| self.receive(e))).await
+            }
+        }
     }
 
-    async fn apply_in(
-        &self,
-        tx: &mut Tx,
-        key: &str,
-        envelope: &Envelope,
-    ) -> Result<Outcome, StorageError> {
-        let outcome = if inbox::mark_processed(tx, key).await? {
-            if let Some(event) = &envelope.event {
-                self.handler.apply(tx, event, envelope.seq).await?;
-            }
-            Outcome::Applied
-        } else {
-            Outcome::Duplicate
+    /// Applies one event in `tx` unless already applied or not consumed.
+    async fn apply_one(&self, tx: &mut Tx, envelope: &Envelope) -> Result<Outcome, StorageError> {
+        let (Some(event), Some(key)) = (&envelope.event, envelope.dedup_key()) else {
+            return Ok(Outcome::Ignored);
         };
-        if let Some(seq) = envelope.seq {
-            inbox::advance(tx, seq).await?;
+        if !self.handler.consumes(event) {
+            return Ok(Outcome::Ignored);
         }
-        Ok(outcome)
+        if inbox::mark_processed(tx, &key).await? {
+            self.handler.apply(tx, event, envelope.seq).await?;
+            Ok(Outcome::Applied)
+        } else {
+            Ok(Outcome::Duplicate)
+        }
+    }
+
+    /// Whether `envelope` is an event this service applies (anything else
+    /// is answered at once, with no write).
+    fn wants(&self, envelope: &Envelope) -> bool {
+        envelope.dedup_key().is_some()
+            && envelope
+                .event
+                .as_ref()
+                .is_some_and(|event| self.handler.consumes(event))
     }
 }
 

@@ -117,15 +117,25 @@ pub async fn relay(
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let mut single = Single::default();
     loop {
-        match drain(&db, &bus, &state, &shutdown).await {
+        let drained = match db.engine() {
+            Engine::Sqlite => drain_single(&db, &bus, &state, &mut single).await,
+            Engine::Postgres => drain_shared(&db, &bus, &state, &shutdown).await,
+        };
+        match drained {
             Ok(()) => {
                 state.healthy();
                 backoff = Duration::from_millis(50);
+                let tidy_at = single.tidy_at();
                 tokio::select! {
-                    () = shutdown.cancelled() => return,
+                    () = shutdown.cancelled() => {
+                        single.tidy(&db).await;
+                        return;
+                    }
                     () = db.outbox_written() => {}
                     () = tokio::time::sleep(POLL) => {}
+                    () = sleep_until(tidy_at), if tidy_at.is_some() => single.tidy(&db).await,
                 }
             }
             Err(e) => {
@@ -141,39 +151,73 @@ pub async fn relay(
     }
 }
 
-type Failure = Box<dyn std::error::Error + Send + Sync>;
-
-async fn drain(
-    db: &Db,
-    bus: &BusClient,
-    state: &RelayState,
-    shutdown: &CancellationToken,
-) -> Result<(), Failure> {
-    match db.engine() {
-        Engine::Sqlite => drain_single(db, bus, state, shutdown).await,
-        Engine::Postgres => drain_shared(db, bus, state, shutdown).await,
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
-/// One relay per database (SQLite, one process): read a batch, publish it,
-/// delete it, without holding the write lock while the bus answers.
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+/// Published rows are deleted at most this often: the delete is a write
+/// (an fsync) of its own, and it need not be in any request's way.
+const TIDY_EVERY: Duration = Duration::from_millis(200);
+
+/// The one relay of a database (SQLite, one process): what it published,
+/// and what of that it deleted.
+#[derive(Default)]
+struct Single {
+    published: i64,
+    deleted: i64,
+    last_tidy: Option<tokio::time::Instant>,
+}
+
+impl Single {
+    /// When published rows should next be deleted, if any wait.
+    fn tidy_at(&self) -> Option<tokio::time::Instant> {
+        (self.published > self.deleted).then(|| {
+            self.last_tidy
+                .map_or_else(tokio::time::Instant::now, |at| at + TIDY_EVERY)
+        })
+    }
+
+    /// Deletes published rows. A crash before it only means they are
+    /// published again, which the bus recognises by event id.
+    async fn tidy(&mut self, db: &Db) {
+        if self.published <= self.deleted {
+            return;
+        }
+        self.last_tidy = Some(tokio::time::Instant::now());
+        match outbox::remove_through(db, self.published).await {
+            Ok(()) => self.deleted = self.published,
+            Err(e) => tracing::warn!(error = %e, "could not delete relayed outbox rows"),
+        }
+    }
+}
+
+/// Read a batch after what was published, publish it; deletes come later,
+/// together, so the outbox costs no write per event on the way out.
 async fn drain_single(
     db: &Db,
     bus: &BusClient,
     state: &RelayState,
-    shutdown: &CancellationToken,
+    single: &mut Single,
 ) -> Result<(), Failure> {
     loop {
-        let batch = outbox::peek(db, BATCH).await?;
+        let batch = outbox::peek_after(db, single.published, BATCH).await?;
         let Some(last) = batch.last().map(|p| p.seq) else {
             return Ok(());
         };
         bus.publish_batch(&batch).await?;
         state.published(last);
-        outbox::remove_through(db, last).await?;
+        single.published = last;
         tracing::debug!(events = batch.len(), "relayed");
-        if shutdown.is_cancelled() {
-            return Ok(());
+        if single
+            .tidy_at()
+            .is_some_and(|at| at <= tokio::time::Instant::now())
+        {
+            single.tidy(db).await;
         }
     }
 }

@@ -9,6 +9,10 @@ use crate::store;
 pub struct Moderated;
 
 impl Handler for Moderated {
+    fn consumes(&self, event: &Event) -> bool {
+        matches!(event, Event::CommentModerated(_))
+    }
+
     async fn apply(
         &self,
         tx: &mut Tx,
@@ -18,17 +22,18 @@ impl Handler for Moderated {
         let Event::CommentModerated(moderated) = event else {
             return Ok(());
         };
-        let Some(comment) = store::find(tx, &moderated.id).await? else {
-            // Not a comment of ours: a course peer's, or from another
-            // deployment. Nothing here to update.
-            tracing::warn!(comment = %moderated.id, "moderation for an unknown comment ignored");
+        if moderated.status.rank() == 0 {
+            return Ok(()); // "pending" decides nothing
+        }
+        // The first decision wins, atomically, across replicas.
+        let Some(comment) = store::decide(tx, &moderated.id, moderated.status).await? else {
+            if store::find(tx, &moderated.id).await?.is_none() {
+                // Not a comment of ours: a course peer's, or from another
+                // deployment. Nothing here to update.
+                tracing::warn!(comment = %moderated.id, "moderation for an unknown comment ignored");
+            }
             return Ok(());
         };
-        if moderated.status.rank() <= comment.status.rank()
-            || !store::decide(tx, &moderated.id, moderated.status).await?
-        {
-            return Ok(());
-        }
         let updated = Envelope::new(Event::CommentUpdated(CommentUpdated {
             id: moderated.id.clone(),
             post_id: comment.post_id,

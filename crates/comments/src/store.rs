@@ -100,14 +100,28 @@ pub async fn find(tx: &mut Tx, id: &str) -> Result<Option<StoredComment>, Storag
     .transpose()
 }
 
-/// Moves a pending comment to its decided status. Returns false when it was
-/// already decided: the first decision wins, atomically, across replicas.
-pub async fn decide(tx: &mut Tx, id: &str, status: Status) -> Result<bool, StorageError> {
-    let done = sqlx::query("UPDATE comments SET status = $1 WHERE id = $2 AND status = $3")
-        .bind(status.as_str())
-        .bind(id)
-        .bind(Status::Pending.as_str())
-        .execute(&mut **tx)
-        .await?;
-    Ok(done.rows_affected() == 1)
+/// Moves a pending comment to its decided status and returns it. `None`
+/// when it was already decided (the first decision wins, atomically, across
+/// replicas) or is unknown.
+pub async fn decide(
+    tx: &mut Tx,
+    id: &str,
+    status: Status,
+) -> Result<Option<StoredComment>, StorageError> {
+    let row = sqlx::query(
+        "UPDATE comments SET status = $1 WHERE id = $2 AND status = $3 RETURNING post_id, content",
+    )
+    .bind(status.as_str())
+    .bind(id)
+    .bind(Status::Pending.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.map(|row| {
+        Ok(StoredComment {
+            post_id: row.try_get("post_id")?,
+            content: row.try_get("content")?,
+            status,
+        })
+    })
+    .transpose()
 }

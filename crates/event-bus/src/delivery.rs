@@ -124,6 +124,7 @@ impl Delivery {
     /// restart redelivers at most one batch (consumers deduplicate).
     pub async fn run(self, shutdown: CancellationToken) {
         let mut appended = self.log.watch();
+        let mut cursor = SavedCursor::new(self.subscriber.cursor());
         loop {
             if let Err(e) = self.replay_letters(&shutdown).await {
                 tracing::warn!(error = %e, subscriber = %self.subscriber.url, "could not replay dead letters");
@@ -134,16 +135,20 @@ impl Delivery {
                 Err(e) => {
                     tracing::warn!(error = %e, "delivery cannot read the log");
                     if sleep_or_stop(BACKOFF_MAX, &shutdown).await {
-                        return;
+                        break;
                     }
                     continue;
                 }
             };
             if batch.is_empty() {
+                let save_at = cursor.save_at(from);
                 tokio::select! {
-                    () = shutdown.cancelled() => return,
+                    () = shutdown.cancelled() => break,
                     () = self.subscriber.replay.notified() => {}
-                    changed = appended.changed() => if changed.is_err() { return },
+                    changed = appended.changed() => if changed.is_err() { break },
+                    () = sleep_until(save_at), if save_at.is_some() => {
+                        cursor.save(&self, from).await;
+                    }
                 }
                 continue;
             }
@@ -151,13 +156,17 @@ impl Delivery {
                 continue;
             };
             if !self.send_batch(&batch, &shutdown).await {
-                return;
+                break;
             }
             self.subscriber.cursor.store(last, Ordering::Release);
-            if let Err(e) = self.subscriber.save(self.log.db(), last).await {
-                tracing::warn!(error = %e, "could not save a delivery cursor");
+            if cursor
+                .save_at(last)
+                .is_some_and(|at| at <= tokio::time::Instant::now())
+            {
+                cursor.save(&self, last).await;
             }
         }
+        cursor.save(&self, self.subscriber.cursor()).await;
     }
 
     /// Sends `batch`; false when shutdown came first (nothing of it counts
@@ -296,6 +305,48 @@ impl Delivery {
             }
         }
         Ok(())
+    }
+}
+
+/// Cursors are saved at most this often: each save is a write (an fsync),
+/// and a crash redelivers at most this much, which consumers recognise.
+const SAVE_EVERY: Duration = Duration::from_millis(250);
+
+/// The last cursor saved, and when.
+struct SavedCursor {
+    seq: i64,
+    at: Option<tokio::time::Instant>,
+}
+
+impl SavedCursor {
+    fn new(seq: i64) -> Self {
+        Self { seq, at: None }
+    }
+
+    /// When `seq` should be saved, if it is not yet.
+    fn save_at(&self, seq: i64) -> Option<tokio::time::Instant> {
+        (seq > self.seq).then(|| {
+            self.at
+                .map_or_else(tokio::time::Instant::now, |at| at + SAVE_EVERY)
+        })
+    }
+
+    async fn save(&mut self, delivery: &Delivery, seq: i64) {
+        if seq <= self.seq {
+            return;
+        }
+        self.at = Some(tokio::time::Instant::now());
+        match delivery.subscriber.save(delivery.log.db(), seq).await {
+            Ok(()) => self.seq = seq,
+            Err(e) => tracing::warn!(error = %e, "could not save a delivery cursor"),
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -54,32 +54,33 @@ impl EventLog {
                                 .await?;
                         let mut out = Vec::with_capacity(events.len());
                         for NewEvent { id, mut body } in events {
-                            if let Some(id) = &id {
-                                let known: Option<i64> = sqlx::query_scalar(
-                                    "SELECT seq FROM events WHERE event_id = $1",
-                                )
-                                .bind(id)
-                                .fetch_optional(&mut **tx)
-                                .await?;
-                                if let Some(seq) = known {
-                                    out.push(Appended { seq, new: false });
-                                    continue;
-                                }
-                            }
                             body.insert("seq".into(), Value::from(next));
-                            sqlx::query(
-                                "INSERT INTO events (seq, event_id, body) VALUES ($1, $2, $3)",
+                            // A resent id is stored once: the insert does
+                            // nothing, and the first number is the answer.
+                            let stored = sqlx::query(
+                                "INSERT INTO events (seq, event_id, body) VALUES ($1, $2, $3)
+                                 ON CONFLICT (event_id) DO NOTHING",
                             )
                             .bind(next)
-                            .bind(id)
+                            .bind(&id)
                             .bind(Value::Object(body).to_string())
                             .execute(&mut **tx)
                             .await?;
-                            out.push(Appended {
-                                seq: next,
-                                new: true,
-                            });
-                            next += 1;
+                            if stored.rows_affected() == 1 {
+                                out.push(Appended {
+                                    seq: next,
+                                    new: true,
+                                });
+                                next += 1;
+                            } else {
+                                let seq: i64 = sqlx::query_scalar(
+                                    "SELECT seq FROM events WHERE event_id = $1",
+                                )
+                                .bind(&id)
+                                .fetch_one(&mut **tx)
+                                .await?;
+                                out.push(Appended { seq, new: false });
+                            }
                         }
                         Ok(out)
                     })

@@ -16,6 +16,10 @@ impl Moderator {
 }
 
 impl Handler for Moderator {
+    fn consumes(&self, event: &Event) -> bool {
+        matches!(event, Event::CommentCreated(_))
+    }
+
     async fn apply(
         &self,
         tx: &mut Tx,
@@ -150,8 +154,14 @@ mod tests {
         }));
         assert_eq!(
             consumer.receive(post.clone()).await.expect("ok"),
-            Outcome::Applied
+            Outcome::Ignored
         );
         assert_eq!(blog_storage::outbox::len(&db).await.expect("len"), 0);
+        // Not even recorded as seen: nothing was written.
+        let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM processed_events")
+            .fetch_one(db.pool())
+            .await
+            .expect("count");
+        assert_eq!(seen, 0);
     }
 }

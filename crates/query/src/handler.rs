@@ -42,6 +42,13 @@ fn change_of(event: &Event) -> Option<Change<'_>> {
 }
 
 impl Handler for Projector {
+    fn consumes(&self, event: &Event) -> bool {
+        matches!(
+            event,
+            Event::PostCreated(_) | Event::CommentCreated(_) | Event::CommentUpdated(_)
+        )
+    }
+
     async fn apply(
         &self,
         tx: &mut Tx,

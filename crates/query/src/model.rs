@@ -288,21 +288,16 @@ pub(crate) async fn add_comment(
 ) -> Result<(), StorageError> {
     upsert_comment(
         tx,
-        &comment.id,
-        &comment.post_id,
-        &comment.content,
-        comment.status,
-        false,
+        Upsert {
+            id: &comment.id,
+            post_id: &comment.post_id,
+            content: &comment.content,
+            status: comment.status,
+            created_seq: seq,
+        },
+        CREATED,
     )
-    .await?;
-    if let Some(seq) = seq {
-        sqlx::query("UPDATE comments SET created_seq = $1 WHERE id = $2 AND created_seq IS NULL")
-            .bind(seq)
-            .bind(&comment.id)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
+    .await
 }
 
 pub(crate) async fn update_comment(
@@ -311,40 +306,60 @@ pub(crate) async fn update_comment(
 ) -> Result<(), StorageError> {
     upsert_comment(
         tx,
-        &comment.id,
-        &comment.post_id,
-        &comment.content,
-        comment.status,
-        true,
+        Upsert {
+            id: &comment.id,
+            post_id: &comment.post_id,
+            content: &comment.content,
+            status: comment.status,
+            created_seq: None,
+        },
+        UPDATED,
     )
     .await
 }
 
-/// Inserts a comment, or updates the stored one when the incoming status has
-/// come further (or as far, for an update, which may also change content).
+/// A comment as an event tells it.
+struct Upsert<'a> {
+    id: &'a str,
+    post_id: &'a str,
+    content: &'a str,
+    status: Status,
+    /// The bus position of its `CommentCreated`, which orders comments.
+    created_seq: Option<i64>,
+}
+
+/// A `CommentCreated` wins over what is stored only with a status that has
+/// come further (it may arrive after an update).
+const CREATED: &str = "INSERT INTO comments (id, post_id, content, status, rank, created_seq)
+     VALUES ($1, $2, $3, $4, $5, $6)
+     ON CONFLICT (id) DO UPDATE SET
+       content = CASE WHEN excluded.rank > comments.rank THEN excluded.content ELSE comments.content END,
+       status = CASE WHEN excluded.rank > comments.rank THEN excluded.status ELSE comments.status END,
+       rank = CASE WHEN excluded.rank > comments.rank THEN excluded.rank ELSE comments.rank END,
+       created_seq = COALESCE(comments.created_seq, excluded.created_seq)";
+
+/// A `CommentUpdated` wins with a status that has come further, or with
+/// the same status (a content change). A status never moves sideways:
+/// approved and rejected are both final.
+const UPDATED: &str = "INSERT INTO comments (id, post_id, content, status, rank, created_seq)
+     VALUES ($1, $2, $3, $4, $5, $6)
+     ON CONFLICT (id) DO UPDATE SET content = excluded.content, status = excluded.status, rank = excluded.rank
+     WHERE excluded.rank > comments.rank
+        OR (excluded.rank = comments.rank AND excluded.status = comments.status)";
+
+/// Stores what an event says of a comment, in one statement, under `rule`.
 async fn upsert_comment(
     tx: &mut Tx,
-    id: &str,
-    post_id: &str,
-    content: &str,
-    status: Status,
-    is_update: bool,
+    comment: Upsert<'_>,
+    rule: &'static str,
 ) -> Result<(), StorageError> {
-    let sql = if is_update {
-        "INSERT INTO comments (id, post_id, content, status, rank) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (id) DO UPDATE SET content = excluded.content, status = excluded.status, rank = excluded.rank
-         WHERE excluded.rank >= comments.rank"
-    } else {
-        "INSERT INTO comments (id, post_id, content, status, rank) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (id) DO UPDATE SET content = excluded.content, status = excluded.status, rank = excluded.rank
-         WHERE excluded.rank > comments.rank"
-    };
-    sqlx::query(sql)
-        .bind(id)
-        .bind(post_id)
-        .bind(content)
-        .bind(status.as_str())
-        .bind(status.rank())
+    sqlx::query(rule)
+        .bind(comment.id)
+        .bind(comment.post_id)
+        .bind(comment.content)
+        .bind(comment.status.as_str())
+        .bind(comment.status.rank())
+        .bind(comment.created_seq)
         .execute(&mut **tx)
         .await?;
     Ok(())

@@ -38,10 +38,18 @@ pub async fn push(tx: &mut Tx, envelope: &Envelope) -> Result<(), StorageError> 
 
 /// The oldest events waiting, in commit order.
 pub async fn peek(db: &Db, limit: i64) -> Result<Vec<Pending>, StorageError> {
-    let rows = sqlx::query("SELECT seq, event_id, body FROM outbox ORDER BY seq LIMIT $1")
-        .bind(limit)
-        .fetch_all(db.pool())
-        .await?;
+    peek_after(db, 0, limit).await
+}
+
+/// The oldest events waiting after `seq` (those up to it are published
+/// and only wait to be deleted), in commit order.
+pub async fn peek_after(db: &Db, seq: i64, limit: i64) -> Result<Vec<Pending>, StorageError> {
+    let rows =
+        sqlx::query("SELECT seq, event_id, body FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(seq)
+            .bind(limit)
+            .fetch_all(db.pool())
+            .await?;
     rows.iter().map(to_pending).collect()
 }
 

@@ -249,7 +249,11 @@ impl WriterTask {
                 return;
             }
         };
+        // Each job runs in a savepoint, so a failing one is undone alone.
+        // Releasing one and opening the next is one round trip; a lone job
+        // needs none (its failure is the transaction's).
         let single = batch.len() == 1;
+        let mut savepoint = false;
         let mut done = Vec::with_capacity(batch.len());
         let mut broken: Option<String> = None;
         for job in batch {
@@ -257,36 +261,35 @@ impl WriterTask {
                 let _ = job.answer.send(Err(StorageError::Write(why.clone())));
                 continue;
             }
-            if !single && let Err(e) = exec(&mut tx, "SAVEPOINT job").await {
-                broken = Some(e.to_string());
-                let _ = job.answer.send(Err(failure(&e)));
-                continue;
+            if !single {
+                let sql = if savepoint {
+                    "RELEASE SAVEPOINT job; SAVEPOINT job"
+                } else {
+                    "SAVEPOINT job"
+                };
+                if let Err(e) = exec(&mut tx, sql).await {
+                    broken = Some(e.to_string());
+                    let _ = job.answer.send(Err(failure(&e)));
+                    continue;
+                }
+                savepoint = true;
             }
             tx.outbox = None;
             let ran = AssertUnwindSafe((job.work)(&mut tx)).catch_unwind().await;
             let ran = ran.unwrap_or_else(|_| Err(StorageError::Write("a write panicked".into())));
             match ran {
-                Ok(value) => {
-                    if !single && let Err(e) = exec(&mut tx, "RELEASE SAVEPOINT job").await {
-                        broken = Some(e.to_string());
-                        let _ = job.answer.send(Err(failure(&e)));
-                        continue;
-                    }
-                    done.push(Done {
-                        value,
-                        outbox: tx.outbox.take(),
-                        after_commit: job.after_commit,
-                        answer: job.answer,
-                    });
-                }
+                Ok(value) => done.push(Done {
+                    value,
+                    outbox: tx.outbox.take(),
+                    after_commit: job.after_commit,
+                    answer: job.answer,
+                }),
                 Err(e) => {
                     // Undo this job alone; if even that fails, the transaction
                     // is gone (SQLite rolls back on a full disk, for one).
                     if single {
                         broken = Some(e.to_string());
-                    } else if let Err(undo) =
-                        exec(&mut tx, "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job").await
-                    {
+                    } else if let Err(undo) = exec(&mut tx, "ROLLBACK TO SAVEPOINT job").await {
                         broken = Some(undo.to_string());
                     }
                     let _ = job.answer.send(Err(e));
