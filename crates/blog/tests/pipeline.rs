@@ -278,7 +278,7 @@ async fn hang_ups_on_the_bus(engines: Engines) {
     let publish = format!("{}/events", system.url(ServiceKind::EventBus));
     let mut sent = HashSet::new();
     let mut normal = Vec::new();
-    for round in 0..10 {
+    for round in 0..20 {
         let abandoned: Vec<Value> = (0..20)
             .map(|i| post_created(&unique("p"), &format!("abandoned {round}.{i}")))
             .collect();
@@ -287,13 +287,15 @@ async fn hang_ups_on_the_bus(engines: Engines) {
                 .iter()
                 .map(|e| e["id"].as_str().unwrap().to_owned()),
         );
-        join_all(abandoned.iter().zip(0_u64..).map(|(event, i)| {
-            post_and_hang_up(
-                bus,
-                "/events",
-                event,
-                tokio::time::sleep(Duration::from_micros(250 * i)),
-            )
+        // Cut off at spread points: after a few scheduler turns, or after
+        // up to 5 ms, so some land while the bus commits.
+        join_all(abandoned.iter().zip(0_u64..).map(|(event, i)| async move {
+            if i % 2 == 0 {
+                post_and_hang_up(bus, "/events", event, yields(i)).await;
+            } else {
+                let wait = Duration::from_micros(250 * i);
+                post_and_hang_up(bus, "/events", event, tokio::time::sleep(wait)).await;
+            }
         }))
         .await;
         let event = post_created(&unique("p"), &format!("normal {round}"));
