@@ -71,6 +71,26 @@ pub enum BusError {
     Nats(String),
 }
 
+/// An outbox event the bus refused for good (it can never be stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub seq: i64,
+    pub reason: String,
+}
+
+impl BusError {
+    /// Whether retrying can never help: the bus refused the event itself.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            BusError::Refused { status, .. } => {
+                (400..500).contains(status) && !matches!(status, 404 | 405 | 408 | 429)
+            }
+            BusError::Malformed(_) => true,
+            BusError::Unreachable(_) | BusError::Nats(_) => false,
+        }
+    }
+}
+
 /// A connection to the bus.
 #[derive(Debug, Clone)]
 pub struct BusClient {
@@ -141,26 +161,36 @@ impl BusClient {
     /// Hands a batch of outbox events to the bus, in order; `Ok` once the
     /// bus has stored all of them. One request to our bus, pipelined on
     /// NATS, one request per event to a course bus.
-    pub async fn publish_batch(&self, batch: &[Pending]) -> Result<(), BusError> {
+    pub async fn publish_batch(&self, batch: &[Pending]) -> Result<Vec<Rejected>, BusError> {
         match &self.inner {
             Inner::Http { url, http, batches } => {
-                if batch.len() > 1 && batches.load(Ordering::Relaxed) {
-                    for chunk in chunks(batch) {
-                        if !self.post_batch(url, http, chunk).await? {
-                            tracing::info!(bus = %url, "the bus takes one event per request");
-                            batches.store(false, Ordering::Relaxed);
-                            break;
+                let mut rejected = Vec::new();
+                for chunk in chunks(batch) {
+                    if chunk.len() > 1 && batches.load(Ordering::Relaxed) {
+                        match self.post_batch(url, http, chunk).await {
+                            Ok(true) => continue,
+                            Ok(false) => {
+                                tracing::info!(bus = %url, "the bus takes one event per request");
+                                batches.store(false, Ordering::Relaxed);
+                            }
+                            // Some event of it is refused: one at a time finds which.
+                            Err(e) if e.is_permanent() => {}
+                            Err(e) => return Err(e),
                         }
                     }
-                    if batches.load(Ordering::Relaxed) {
-                        return Ok(());
+                    // Events a batch already stored are recognised by id.
+                    for pending in chunk {
+                        match self.publish(&pending.event_id, &pending.body).await {
+                            Ok(()) => {}
+                            Err(e) if e.is_permanent() => rejected.push(Rejected {
+                                seq: pending.seq,
+                                reason: e.to_string(),
+                            }),
+                            Err(e) => return Err(e),
+                        }
                     }
                 }
-                // Events already stored by a batch are recognised by id.
-                for pending in batch {
-                    self.publish(&pending.event_id, &pending.body).await?;
-                }
-                Ok(())
+                Ok(rejected)
             }
             Inner::Nats(nats) => nats.publish_batch(batch).await,
         }

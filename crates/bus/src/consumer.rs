@@ -263,7 +263,25 @@ pub fn ignore_events_route() -> Router {
         Envelope::from_value(body).map_err(refuse)?;
         Ok(axum::Json(json!({})))
     }
-    Router::new().route("/events", post(receive))
+    async fn receive_batch(JsonBody(body): JsonBody) -> Result<axum::Json<Value>, ApiError> {
+        let Value::Array(events) = body else {
+            return Err(ApiError::BadRequest(
+                "a batch must be a JSON array of events".into(),
+            ));
+        };
+        let results: Vec<Value> = events
+            .into_iter()
+            .map(|event| match Envelope::from_value(event) {
+                Ok(_) => json!({"status": 200}),
+                Err(e) => json!({"status": 400, "error": e.message}),
+            })
+            .collect();
+        Ok(axum::Json(json!({ "results": results })))
+    }
+    Router::new().route("/events", post(receive)).route(
+        "/events/batch",
+        post(receive_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
+    )
 }
 
 /// Runs this service's consumption until `shutdown`. On the HTTP bus, events

@@ -13,7 +13,7 @@ mod nats;
 mod relay;
 mod wiring;
 
-pub use client::{BusClient, BusConfig, BusError, DEFAULT_STREAM};
+pub use client::{BusClient, BusConfig, BusError, DEFAULT_STREAM, Rejected};
 pub use consumer::{
     Consumer, Handler, Outcome, catch_up, consume, events_route, ignore_events_route,
 };

@@ -16,6 +16,7 @@ use futures_util::{FutureExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
+use crate::client::Rejected;
 use crate::{BusError, Consumer, Handler};
 
 /// Deliveries of one event before it is set aside as a dead letter.
@@ -140,15 +141,23 @@ impl Nats {
 
     /// Publishes every event before waiting for any acknowledgement: one
     /// round trip for the batch, not one per event.
-    pub async fn publish_batch(&self, batch: &[Pending]) -> Result<(), BusError> {
+    pub async fn publish_batch(&self, batch: &[Pending]) -> Result<Vec<Rejected>, BusError> {
         let mut acks = Vec::with_capacity(batch.len());
+        let mut rejected = Vec::new();
         for pending in batch {
-            acks.push(self.send(&pending.event_id, &pending.body).await?);
+            match self.send(&pending.event_id, &pending.body).await {
+                Ok(ack) => acks.push(ack),
+                Err(e) if e.is_permanent() => rejected.push(Rejected {
+                    seq: pending.seq,
+                    reason: e.to_string(),
+                }),
+                Err(e) => return Err(e),
+            }
         }
         for ack in acks {
             ack.await.map_err(nats_error)?;
         }
-        Ok(())
+        Ok(rejected)
     }
 
     pub async fn events_after(&self, seq: i64) -> Result<Vec<Value>, BusError> {

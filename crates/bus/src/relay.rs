@@ -2,10 +2,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use blog_kit::CancellationToken;
-use blog_storage::{Db, Engine, outbox};
+use blog_storage::outbox::Pending;
+use blog_storage::{Db, Engine, inbox, outbox};
 use tokio::sync::watch;
 
-use crate::BusClient;
+use crate::{BusClient, Rejected};
 
 /// How often the relay looks at the outbox when no commit woke it: a
 /// fallback only, since every commit that writes to the outbox wakes it.
@@ -160,6 +161,29 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
+/// Keeps events the bus refused for good as this service's dead letters
+/// (visible at `GET /dead-letters`), so the relay goes on with the rest
+/// instead of retrying them forever.
+async fn set_aside(db: &Db, batch: &[Pending], rejected: Vec<Rejected>) -> Result<(), Failure> {
+    for Rejected { seq, reason } in rejected {
+        let body = batch
+            .iter()
+            .find(|p| p.seq == seq)
+            .map(|p| p.body.as_str())
+            .unwrap_or_default();
+        tracing::error!(outbox_seq = seq, %reason, "the bus refused an event; set aside");
+        inbox::dead_letter(
+            db,
+            seq,
+            "outbox",
+            body,
+            &format!("refused by the bus: {reason}"),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Published rows are deleted at most this often: the delete is a write
 /// (an fsync) of its own, and it need not be in any request's way.
 const TIDY_EVERY: Duration = Duration::from_millis(200);
@@ -209,7 +233,8 @@ async fn drain_single(
         let Some(last) = batch.last().map(|p| p.seq) else {
             return Ok(());
         };
-        bus.publish_batch(&batch).await?;
+        let rejected = bus.publish_batch(&batch).await?;
+        set_aside(db, &batch, rejected).await?;
         state.published(last);
         single.published = last;
         tracing::debug!(events = batch.len(), "relayed");
@@ -238,7 +263,8 @@ async fn drain_shared(
             tx.rollback().await?;
             return Ok(());
         };
-        bus.publish_batch(&batch).await?;
+        let rejected = bus.publish_batch(&batch).await?;
+        set_aside(db, &batch, rejected).await?;
         outbox::remove_claimed(&mut tx, &batch).await?;
         tx.commit().await?;
         state.published(last);

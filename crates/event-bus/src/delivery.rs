@@ -269,8 +269,18 @@ impl Delivery {
                 Attempt::Done => return Some(Ok(())),
                 Attempt::Failed { reason, permanent } => {
                     failures += 1;
-                    if permanent || failures >= self.attempts {
+                    if permanent {
                         return Some(Err((failures, reason)));
+                    }
+                    if failures >= self.attempts {
+                        // Only an event a ready subscriber fails on is at
+                        // fault: one whose storage is down says so on
+                        // /readyz, and keeps getting it (no /readyz, as on
+                        // a course service, counts as ready).
+                        if !self.subscriber_unready().await {
+                            return Some(Err((failures, reason)));
+                        }
+                        failures = self.attempts - 1;
                     }
                     tracing::debug!(subscriber = %self.subscriber.url, %reason, failures, "delivery failed");
                 }
@@ -283,6 +293,20 @@ impl Delivery {
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+    }
+
+    /// Whether the subscriber says it is not ready (`/readyz` beside its
+    /// events route answers 503).
+    async fn subscriber_unready(&self) -> bool {
+        let base = self
+            .subscriber
+            .url
+            .strip_suffix("/events")
+            .unwrap_or(&self.subscriber.url);
+        matches!(
+            self.http.get(&format!("{base}/readyz")).await,
+            Ok((status, _)) if status == axum::http::StatusCode::SERVICE_UNAVAILABLE
+        )
     }
 
     /// Sends again what an operator marked for replay.

@@ -144,10 +144,11 @@ impl ReadModel {
         {
             return Ok(body);
         }
-        if let Err(e) = self.bring_up_to_date(&mut view, &marks).await {
-            self.changed(Change::Everything);
-            return Err(e);
-        }
+        // Should this request stop half-way (a client that hangs up), what
+        // it took is marked again for the next read, so nothing stays stale.
+        let unfinished = Unfinished(self);
+        self.bring_up_to_date(&mut view, &marks).await?;
+        std::mem::forget(unfinished);
         let body = assemble(&view);
         if let Ok(mut cached) = self.body.lock() {
             *cached = Some(body.clone());
@@ -235,6 +236,16 @@ impl ReadModel {
         Ok(Some(
             json!({"id": id, "title": title, "comments": comments}),
         ))
+    }
+}
+
+/// Marks everything changed when dropped: a rebuild that did not finish
+/// (an error, a cancelled request) leaves the next read to start over.
+struct Unfinished<'a>(&'a ReadModel);
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        self.0.changed(Change::Everything);
     }
 }
 

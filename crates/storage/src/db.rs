@@ -145,6 +145,15 @@ async fn connect_postgres(server: &str, database: &str) -> Result<(AnyPool, Stri
         AnyPoolOptions::new()
             .max_connections(12)
             .test_before_acquire(false)
+            // A commit returns once it is on disk, whatever the server's default.
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql("SET synchronous_commit = on")
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
+            })
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
             .idle_timeout(Duration::from_secs(300))
@@ -207,6 +216,16 @@ impl Db {
                     .max_connections(4)
                     .test_before_acquire(false)
                     .acquire_timeout(Duration::from_secs(10))
+                    // An acknowledged write survives power loss: the WAL is
+                    // synced at every commit, whatever the build's default.
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::raw_sql("PRAGMA synchronous = FULL")
+                                .execute(conn)
+                                .await?;
+                            Ok(())
+                        })
+                    })
                     .connect(&url)
                     .await?;
                 // WAL is a property of the file: set once, kept on reopen.
