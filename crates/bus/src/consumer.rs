@@ -3,10 +3,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderName, HeaderValue};
 use axum::routing::post;
 use blog_events::{Envelope, Event};
 use blog_kit::error::JsonBody;
-use blog_kit::http::BATCH_BODY_LIMIT;
+use blog_kit::http::{BATCH_BODY_LIMIT, CONSUMES_HEADER};
 use blog_kit::retry::until_ok;
 use blog_kit::{ApiError, CancellationToken, FieldError};
 use blog_storage::{Db, StorageError, Tx, inbox};
@@ -28,10 +29,15 @@ pub trait Handler: Send + Sync + 'static {
         seq: Option<i64>,
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
 
-    /// Whether this service consumes `event` at all. Events it does not are
-    /// answered at once and never written down: the bus sends every event
-    /// to every subscriber.
-    fn consumes(&self, event: &Event) -> bool;
+    /// The event types this service applies. Others are answered at once
+    /// and never written down; our bus, told this list with every answer
+    /// (the `blog-consumes` header), stops sending them. A course bus sends
+    /// every event to everyone.
+    const CONSUMES: &'static [&'static str];
+
+    fn consumes(&self, event: &Event) -> bool {
+        Self::CONSUMES.contains(&event.type_name())
+    }
 
     /// Called right after the transaction that applied `event` committed,
     /// in the writer task (so a cancelled delivery cannot skip it).
@@ -246,14 +252,31 @@ pub fn events_route<H: Handler>(consumer: Arc<Consumer<H>>) -> Router {
         }
         Ok(axum::Json(json!({ "results": results })))
     }
-    Router::new()
+    let router = Router::new()
         .route("/events", post(receive::<H>))
         .route(
             "/events/batch",
             post(receive_batch::<H>).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
         )
         .route("/dead-letters", axum::routing::get(dead_letters::<H>))
-        .with_state(consumer)
+        .with_state(consumer);
+    with_consumes(router, &H::CONSUMES.join(","))
+}
+
+/// Tells our bus, on every answer, which event types this service applies.
+fn with_consumes(router: Router, types: &str) -> Router {
+    let value = HeaderValue::from_str(types).unwrap_or_else(|_| HeaderValue::from_static(""));
+    router.layer(axum::middleware::map_response(
+        move |mut response: axum::response::Response| {
+            let value = value.clone();
+            async move {
+                response
+                    .headers_mut()
+                    .insert(HeaderName::from_static(CONSUMES_HEADER), value);
+                response
+            }
+        },
+    ))
 }
 
 /// `POST /events` for a service that consumes nothing (posts): still checks
@@ -278,10 +301,11 @@ pub fn ignore_events_route() -> Router {
             .collect();
         Ok(axum::Json(json!({ "results": results })))
     }
-    Router::new().route("/events", post(receive)).route(
+    let router = Router::new().route("/events", post(receive)).route(
         "/events/batch",
         post(receive_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
-    )
+    );
+    with_consumes(router, "")
 }
 
 /// Runs this service's consumption until `shutdown`. On the HTTP bus, events

@@ -1,3 +1,4 @@
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -25,13 +26,20 @@ pub const PUBLISH_WAIT: Duration = Duration::from_secs(2);
 pub struct RelayState {
     /// The highest outbox sequence number this relay has published.
     published: watch::Sender<i64>,
+    /// On a shared outbox (PostgreSQL), rows are not published in sequence
+    /// order: the ones this relay published lately, one by one.
+    published_rows: Mutex<BTreeSet<i64>>,
     failing: Mutex<Option<(Instant, String)>>,
 }
+
+/// How many published rows a shared relay remembers for waiting writes.
+const REMEMBERED: usize = 65_536;
 
 impl Default for RelayState {
     fn default() -> Self {
         Self {
             published: watch::Sender::new(0),
+            published_rows: Mutex::new(BTreeSet::new()),
             failing: Mutex::new(None),
         }
     }
@@ -46,6 +54,17 @@ impl RelayState {
             }
             newer
         });
+        self.healthy();
+    }
+
+    fn published_shared(&self, batch: &[Pending]) {
+        if let Ok(mut rows) = self.published_rows.lock() {
+            rows.extend(batch.iter().map(|p| p.seq));
+            while rows.len() > REMEMBERED {
+                rows.pop_first();
+            }
+        }
+        self.published.send_modify(|n| *n += 1);
         self.healthy();
     }
 
@@ -84,10 +103,15 @@ impl RelayState {
         let mut published = self.published.subscribe();
         let shared = db.engine() == Engine::Postgres;
         let deadline = tokio::time::Instant::now() + limit;
+        let mut look_in_db = shared;
         loop {
             let latest = *published.borrow_and_update();
             let done = if shared {
-                matches!(outbox::waiting(db, seq).await, Ok(false))
+                let here = self
+                    .published_rows
+                    .lock()
+                    .is_ok_and(|rows| rows.contains(&seq));
+                here || (look_in_db && matches!(outbox::waiting(db, seq).await, Ok(false)))
             } else {
                 latest >= seq
             };
@@ -100,8 +124,13 @@ impl RelayState {
                 tokio::time::sleep(Duration::from_millis(if shared { 20 } else { 1000 }));
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => return,
-                changed = published.changed() => if changed.is_err() { return },
-                () = look_again => {}
+                changed = published.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    look_in_db = false;
+                }
+                () = look_again => look_in_db = shared,
             }
         }
     }
@@ -259,15 +288,16 @@ async fn drain_shared(
     loop {
         let mut tx = db.pool().begin().await?;
         let batch = outbox::claim(&mut tx, BATCH).await?;
-        let Some(last) = batch.iter().map(|p| p.seq).max() else {
+        if batch.is_empty() {
             tx.rollback().await?;
             return Ok(());
-        };
+        }
         let rejected = bus.publish_batch(&batch).await?;
+        // Writes waiting on these may answer now; the delete can follow.
+        state.published_shared(&batch);
         set_aside(db, &batch, rejected).await?;
         outbox::remove_claimed(&mut tx, &batch).await?;
         tx.commit().await?;
-        state.published(last);
         if shutdown.is_cancelled() {
             return Ok(());
         }

@@ -9,9 +9,7 @@ use crate::store;
 pub struct Moderated;
 
 impl Handler for Moderated {
-    fn consumes(&self, event: &Event) -> bool {
-        matches!(event, Event::CommentModerated(_))
-    }
+    const CONSUMES: &'static [&'static str] = &["CommentModerated"];
 
     async fn apply(
         &self,

@@ -1,10 +1,11 @@
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use blog_kit::CancellationToken;
-use blog_kit::client::{HttpClient, json_array};
-use blog_kit::http::BATCH_BYTES;
+use blog_kit::client::{HttpClient, Reply, json_array};
+use blog_kit::http::{BATCH_BYTES, CONSUMES_HEADER};
 use blog_storage::{Db, StorageError};
 use bytes::Bytes;
 use serde_json::Value;
@@ -26,6 +27,9 @@ pub struct Subscriber {
     batches: AtomicBool,
     /// Woken when an operator asks to send its dead letters again.
     replay: Notify,
+    /// The event types it said it applies (our services say so in every
+    /// answer); `None` until then, or for a course service: everything.
+    consumes: Mutex<Option<Arc<HashSet<String>>>>,
 }
 
 impl Subscriber {
@@ -40,6 +44,7 @@ impl Subscriber {
             cursor: AtomicI64::new(cursor.unwrap_or(0)),
             batches: AtomicBool::new(true),
             replay: Notify::new(),
+            consumes: Mutex::new(None),
         })
     }
 
@@ -50,6 +55,40 @@ impl Subscriber {
     /// Whether it takes batches (as far as the bus has seen).
     pub fn takes_batches(&self) -> bool {
         self.batches.load(Ordering::Relaxed)
+    }
+
+    /// Learns from an answer which event types it applies.
+    fn heard(&self, reply: &Reply) {
+        let consumes = reply
+            .headers
+            .get(CONSUMES_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|types| {
+                Arc::new(
+                    types
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                )
+            });
+        if let Ok(mut known) = self.consumes.lock() {
+            *known = consumes;
+        }
+    }
+
+    /// Whether it wants an event (by the `type` of its stored body).
+    fn wants(&self, types: Option<&HashSet<String>>, body: &str) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Typed<'a> {
+            #[serde(borrow, rename = "type")]
+            kind: std::borrow::Cow<'a, str>,
+        }
+        let Some(types) = types else {
+            return true;
+        };
+        serde_json::from_str::<Typed<'_>>(body).map_or(true, |t| types.contains(t.kind.as_ref()))
     }
 
     /// Wakes its delivery to send what an operator marked for replay.
@@ -155,7 +194,14 @@ impl Delivery {
             let Some(last) = batch.last().map(|(seq, _)| *seq) else {
                 continue;
             };
-            if !self.send_batch(&batch, &shutdown).await {
+            // What it said it does not apply is passed over (the cursor moves
+            // past it all the same).
+            let types = self.subscriber.consumes.lock().ok().and_then(|t| t.clone());
+            let wanted: Vec<(i64, String)> = batch
+                .into_iter()
+                .filter(|(_, body)| self.subscriber.wants(types.as_deref(), body))
+                .collect();
+            if !wanted.is_empty() && !self.send_batch(&wanted, &shutdown).await {
                 break;
             }
             self.subscriber.cursor.store(last, Ordering::Release);
@@ -177,9 +223,12 @@ impl Delivery {
             let body = json_array(batch.iter().map(|(_, body)| body.as_str()));
             let answer = self
                 .http
-                .post_json(&format!("{}/batch", self.subscriber.url), body)
+                .post_json_reply(&format!("{}/batch", self.subscriber.url), body)
                 .await;
-            match answer {
+            if let Ok(reply) = &answer {
+                self.subscriber.heard(reply);
+            }
+            match answer.map(|r| (r.status, r.body)) {
                 Ok((status, body)) if status.is_success() => {
                     let failed = failed_in(&body, batch.len());
                     // The others are applied; the ones that failed get their

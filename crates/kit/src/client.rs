@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use axum::http::{Method, Request, StatusCode, header};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -17,6 +17,14 @@ pub enum ClientError {
     Request(String),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+}
+
+/// An answer in full.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
 }
 
 #[derive(Clone)]
@@ -81,6 +89,23 @@ impl HttpClient {
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        let reply = self.exchange(method, url, content_type, body).await?;
+        Ok((reply.status, reply.body))
+    }
+
+    /// `POST` of a JSON body, with the answer's headers.
+    pub async fn post_json_reply(&self, url: &str, body: Bytes) -> Result<Reply, ClientError> {
+        self.exchange(Method::POST, url, Some("application/json"), body)
+            .await
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        url: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<Reply, ClientError> {
         let mut builder = Request::builder().method(method).uri(url);
         if let Some(content_type) = content_type {
             builder = builder.header(header::CONTENT_TYPE, content_type);
@@ -94,14 +119,17 @@ impl HttpClient {
                 .request(request)
                 .await
                 .map_err(|e| ClientError::Request(e.to_string()))?;
-            let status = response.status();
-            let body = response
-                .into_body()
+            let (parts, body) = response.into_parts();
+            let body = body
                 .collect()
                 .await
                 .map_err(|e| ClientError::Request(e.to_string()))?
                 .to_bytes();
-            Ok((status, body))
+            Ok(Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
         };
         tokio::time::timeout(self.timeout, exchange)
             .await

@@ -21,6 +21,10 @@ pub const BATCH_BODY_LIMIT: usize = 4 * 1024 * 1024;
 /// What a sender puts in one batch at most, in bytes of events.
 pub const BATCH_BYTES: usize = 1024 * 1024;
 
+/// The answer header in which a subscriber of ours lists the event types it
+/// applies, so our bus sends it only those (course peers get everything).
+pub const CONSUMES_HEADER: &str = "blog-consumes";
+
 /// Which browser origins may call a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CorsOrigins {

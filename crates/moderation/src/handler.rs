@@ -16,9 +16,7 @@ impl Moderator {
 }
 
 impl Handler for Moderator {
-    fn consumes(&self, event: &Event) -> bool {
-        matches!(event, Event::CommentCreated(_))
-    }
+    const CONSUMES: &'static [&'static str] = &["CommentCreated"];
 
     async fn apply(
         &self,

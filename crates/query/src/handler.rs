@@ -42,12 +42,7 @@ fn change_of(event: &Event) -> Option<Change<'_>> {
 }
 
 impl Handler for Projector {
-    fn consumes(&self, event: &Event) -> bool {
-        matches!(
-            event,
-            Event::PostCreated(_) | Event::CommentCreated(_) | Event::CommentUpdated(_)
-        )
-    }
+    const CONSUMES: &'static [&'static str] = &["PostCreated", "CommentCreated", "CommentUpdated"];
 
     async fn apply(
         &self,
