@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use crate::EventLog;
 use crate::undelivered;
 
-const BATCH: i64 = 256;
+const BATCH: usize = 256;
 const BACKOFF_START: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -27,6 +27,8 @@ pub struct Subscriber {
     batches: AtomicBool,
     /// Woken when an operator asks to send its dead letters again.
     replay: Notify,
+    /// Set with it: there may be letters to send again (also at start).
+    replay_asked: AtomicBool,
     /// The event types it said it applies (our services say so in every
     /// answer); `None` until then, or for a course service: everything.
     consumes: Mutex<Option<Arc<HashSet<String>>>>,
@@ -44,6 +46,7 @@ impl Subscriber {
             cursor: AtomicI64::new(cursor.unwrap_or(0)),
             batches: AtomicBool::new(true),
             replay: Notify::new(),
+            replay_asked: AtomicBool::new(true),
             consumes: Mutex::new(None),
         })
     }
@@ -93,6 +96,7 @@ impl Subscriber {
 
     /// Wakes its delivery to send what an operator marked for replay.
     pub fn wake_replay(&self) {
+        self.replay_asked.store(true, Ordering::Release);
         self.replay.notify_one();
     }
 
@@ -165,11 +169,14 @@ impl Delivery {
         let mut appended = self.log.watch();
         let mut cursor = SavedCursor::new(self.subscriber.cursor());
         loop {
-            if let Err(e) = self.replay_letters(&shutdown).await {
+            if self.subscriber.replay_asked.swap(false, Ordering::AcqRel)
+                && let Err(e) = self.replay_letters(&shutdown).await
+            {
+                self.subscriber.replay_asked.store(true, Ordering::Release);
                 tracing::warn!(error = %e, subscriber = %self.subscriber.url, "could not replay dead letters");
             }
             let from = self.subscriber.cursor();
-            let batch = match self.log.after(from, BATCH).await {
+            let batch = match self.log.after_shared(from, BATCH).await {
                 Ok(batch) => cut(batch),
                 Err(e) => {
                     tracing::warn!(error = %e, "delivery cannot read the log");
@@ -197,7 +204,7 @@ impl Delivery {
             // What it said it does not apply is passed over (the cursor moves
             // past it all the same).
             let types = self.subscriber.consumes.lock().ok().and_then(|t| t.clone());
-            let wanted: Vec<(i64, String)> = batch
+            let wanted: Vec<(i64, Arc<str>)> = batch
                 .into_iter()
                 .filter(|(_, body)| self.subscriber.wants(types.as_deref(), body))
                 .collect();
@@ -217,10 +224,10 @@ impl Delivery {
 
     /// Sends `batch`; false when shutdown came first (nothing of it counts
     /// as delivered then).
-    async fn send_batch(&self, batch: &[(i64, String)], shutdown: &CancellationToken) -> bool {
+    async fn send_batch(&self, batch: &[(i64, Arc<str>)], shutdown: &CancellationToken) -> bool {
         let mut backoff = BACKOFF_START;
         while self.subscriber.takes_batches() && batch.len() > 1 {
-            let body = json_array(batch.iter().map(|(_, body)| body.as_str()));
+            let body = json_array(batch.iter().map(|(_, body)| &**body));
             let answer = self
                 .http
                 .post_json_reply(&format!("{}/batch", self.subscriber.url), body)
@@ -424,7 +431,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 /// The events of `batch` that fit in one request (at least one).
-fn cut(mut batch: Vec<(i64, String)>) -> Vec<(i64, String)> {
+fn cut(mut batch: Vec<(i64, Arc<str>)>) -> Vec<(i64, Arc<str>)> {
     let mut bytes = 0;
     let keep = batch
         .iter()

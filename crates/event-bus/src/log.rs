@@ -1,4 +1,5 @@
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use blog_storage::{Db, Row, StorageError};
 use serde_json::{Map, Value};
@@ -12,14 +13,24 @@ use tokio::sync::watch;
 pub struct EventLog {
     db: Db,
     appended: Arc<watch::Sender<i64>>,
+    /// The newest events, as stored: deliveries that keep up read them
+    /// from here instead of the database.
+    recent: Arc<Mutex<VecDeque<Stored>>>,
 }
 
+/// A stored event: its sequence number and its JSON.
+pub type Stored = (i64, Arc<str>);
+
+/// How many of the newest events the log keeps in memory.
+const RECENT: usize = 4096;
+
 /// The result of an append.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
     pub seq: i64,
-    /// False when an event with the same id was stored before.
-    pub new: bool,
+    /// The stored event, when new; `None` when an event with the same id
+    /// was stored before.
+    pub stored: Option<Arc<str>>,
 }
 
 /// An event to store: its emitter's id (if any) and its JSON object.
@@ -36,13 +47,14 @@ impl EventLog {
         Ok(Self {
             db,
             appended: Arc::new(watch::Sender::new(last)),
+            recent: Arc::new(Mutex::new(VecDeque::with_capacity(RECENT))),
         })
     }
 
     /// Stores `events` in order, each stamped with the next sequence number
     /// (a resent id keeps its first number), and returns once committed.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>, StorageError> {
-        let appended = self.appended.clone();
+        let (appended, recent) = (self.appended.clone(), self.recent.clone());
         let written = self
             .db
             .write_then(
@@ -55,6 +67,7 @@ impl EventLog {
                         let mut out = Vec::with_capacity(events.len());
                         for NewEvent { id, mut body } in events {
                             body.insert("seq".into(), Value::from(next));
+                            let text: Arc<str> = Arc::from(Value::Object(body).to_string());
                             // A resent id is stored once: the insert does
                             // nothing, and the first number is the answer.
                             let stored = sqlx::query(
@@ -63,13 +76,13 @@ impl EventLog {
                             )
                             .bind(next)
                             .bind(&id)
-                            .bind(Value::Object(body).to_string())
+                            .bind(&*text)
                             .execute(&mut **tx)
                             .await?;
                             if stored.rows_affected() == 1 {
                                 out.push(Appended {
                                     seq: next,
-                                    new: true,
+                                    stored: Some(text),
                                 });
                                 next += 1;
                             } else {
@@ -79,7 +92,7 @@ impl EventLog {
                                 .bind(&id)
                                 .fetch_one(&mut **tx)
                                 .await?;
-                                out.push(Appended { seq, new: false });
+                                out.push(Appended { seq, stored: None });
                             }
                         }
                         Ok(out)
@@ -88,7 +101,22 @@ impl EventLog {
                 // In the writer, right after the commit: deliveries wake
                 // even when the publisher went away.
                 move |out: &Vec<Appended>| {
-                    if let Some(last) = out.iter().filter(|a| a.new).map(|a| a.seq).max() {
+                    if let Ok(mut recent) = recent.lock() {
+                        for appended in out {
+                            if let Some(body) = &appended.stored {
+                                if recent.len() == RECENT {
+                                    recent.pop_front();
+                                }
+                                recent.push_back((appended.seq, body.clone()));
+                            }
+                        }
+                    }
+                    let newest = out
+                        .iter()
+                        .filter(|a| a.stored.is_some())
+                        .map(|a| a.seq)
+                        .max();
+                    if let Some(last) = newest {
                         appended.send_if_modified(|seen| {
                             let newer = last > *seen;
                             if newer {
@@ -101,6 +129,29 @@ impl EventLog {
             )
             .await?;
         Ok(written.value)
+    }
+
+    /// Up to `limit` stored events after `seq`, as `(seq, body)`: from
+    /// memory when they are all among the newest, else from the database.
+    pub async fn after_shared(
+        &self,
+        seq: i64,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StorageError> {
+        if let Ok(recent) = self.recent.lock()
+            && let Some((first, _)) = recent.front()
+            && *first <= seq + 1
+        {
+            let skip = usize::try_from(seq + 1 - first).unwrap_or(usize::MAX);
+            return Ok(recent.iter().skip(skip).take(limit).cloned().collect());
+        }
+        let rows = self
+            .after(seq, i64::try_from(limit).unwrap_or(i64::MAX))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, body)| (seq, Arc::from(body)))
+            .collect())
     }
 
     /// Up to `limit` stored events after `seq`, as `(seq, body)`.
