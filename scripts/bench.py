@@ -65,10 +65,19 @@ def log(msg):
     print(f"[{time.perf_counter() - T_START:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n):
+    """n distinct free ports: the sockets stay bound until all are picked,
+    so the kernel cannot hand out the same port twice."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def rss_kib(pid):
@@ -217,7 +226,7 @@ class System:
         self.tag = f"bench{os.getpid()}x{System.count}"
         self.stream = self.tag.upper()
         self.names = ["gateway", "posts", "comments", "query", "moderation"] + ([] if args.bus else ["event-bus"])
-        self.ports = {n: free_port() for n in self.names}
+        self.ports = dict(zip(self.names, free_ports(len(self.names))))
         self.data = tempfile.mkdtemp(prefix="blog-bench-")
         self.logfile = os.path.join(args.logs, f"{System.count}-{label}.log")
         self.proc = None

@@ -1100,3 +1100,109 @@ async fn chaos(engines: Engines) {
         .await;
     system.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// A subscriber that is down (its /readyz says so) is not handed dead letters
+
+/// A subscriber that fails every event while its `/readyz` answers 503, as
+/// one of our services does while its storage is down.
+struct Unready {
+    url: String,
+    ready: Arc<AtomicBool>,
+    failed: Arc<AtomicUsize>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Unready {
+    async fn start() -> Self {
+        let ready = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let (r1, r2, f) = (ready.clone(), ready.clone(), failed.clone());
+        let router = Router::new()
+            .route(
+                "/events",
+                post(move || {
+                    let (ready, failed) = (r1.clone(), f.clone());
+                    async move {
+                        if ready.load(Ordering::SeqCst) {
+                            StatusCode::OK
+                        } else {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                            StatusCode::SERVICE_UNAVAILABLE
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/readyz",
+                axum::routing::get(move || {
+                    let ready = r2.clone();
+                    async move {
+                        if ready.load(Ordering::SeqCst) {
+                            StatusCode::OK
+                        } else {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        }
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/events", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Self {
+            url,
+            ready,
+            failed,
+            server,
+        }
+    }
+}
+
+impl Drop for Unready {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+#[tokio::test]
+async fn an_unready_subscriber_gets_its_events_late_not_set_aside() {
+    support::on_each(support::http_bus_engines(), unready_subscriber).await;
+}
+
+async fn unready_subscriber(engines: Engines) {
+    let unready = Unready::start().await;
+    let url = unready.url.clone();
+    let system = TestSystem::spawn_with(engines, |settings| {
+        settings.extra_subscribers.push(url.clone());
+        settings.delivery_attempts = 2;
+    })
+    .await;
+    let post = system.create_post("while a subscriber is down").await;
+    // Well past the attempts after which a ready subscriber's event is set
+    // aside: still nothing is.
+    system
+        .until(
+            &format!("{engines}: the unready subscriber failed the event 4 times"),
+            || async { unready.failed.load(Ordering::SeqCst) >= 4 },
+        )
+        .await;
+    assert_eq!(
+        subscriber_status(&system, &url).await["deadLetters"],
+        0,
+        "{engines}: an event is not set aside while its subscriber says it is not ready"
+    );
+    unready.ready.store(true, Ordering::SeqCst);
+    system
+        .until(
+            &format!("{engines}: delivered once the subscriber is ready"),
+            || async { subscriber_status(&system, &url).await["lag"] == 0 },
+        )
+        .await;
+    assert_eq!(subscriber_status(&system, &url).await["deadLetters"], 0);
+    assert!(system.query().await.get(&post).is_some());
+    system.shutdown().await;
+}

@@ -133,11 +133,7 @@ impl EventLog {
 
     /// Up to `limit` stored events after `seq`, as `(seq, body)`: from
     /// memory when they are all among the newest, else from the database.
-    pub async fn after_shared(
-        &self,
-        seq: i64,
-        limit: usize,
-    ) -> Result<Vec<Stored>, StorageError> {
+    pub async fn after_shared(&self, seq: i64, limit: usize) -> Result<Vec<Stored>, StorageError> {
         if let Ok(recent) = self.recent.lock()
             && let Some((first, _)) = recent.front()
             && *first <= seq + 1

@@ -5,6 +5,7 @@ use blog_events::{CommentCreated, CommentUpdated, PostCreated, Status};
 use blog_storage::{Db, Row, StorageError, Tx};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{Value, json};
+use sqlx::AssertSqlSafe;
 
 /// Comments are listed in creation order on the bus when known (the seq of
 /// their `CommentCreated`), else in order of arrival.
@@ -44,6 +45,9 @@ struct View {
     /// Each post rendered as JSON.
     rendered: HashMap<String, Bytes>,
 }
+
+/// Posts rendered per query when many changed at once.
+const RENDER_CHUNK: usize = 500;
 
 /// What a change touched.
 pub enum Change<'a> {
@@ -166,18 +170,58 @@ impl ReadModel {
                 .fetch_all(self.db.pool())
                 .await?;
         }
-        for id in &marks.posts {
-            match self.post_json(id).await? {
-                Some(post) => {
-                    view.rendered
-                        .insert(id.clone(), Bytes::from(post.to_string()));
-                }
-                None => {
-                    view.rendered.remove(id);
-                }
+        let ids: Vec<&String> = marks.posts.iter().collect();
+        for chunk in ids.chunks(RENDER_CHUNK) {
+            let mut rendered = self.render(chunk).await?;
+            for id in chunk {
+                match rendered.remove(id.as_str()) {
+                    Some(post) => view.rendered.insert((*id).clone(), post),
+                    // A comment whose post has not arrived yet.
+                    None => view.rendered.remove(id.as_str()),
+                };
             }
         }
         Ok(())
+    }
+
+    /// The posts `ids` rendered, in two queries whatever their number (a
+    /// busy second changes thousands of posts).
+    async fn render(&self, ids: &[&String]) -> Result<HashMap<String, Bytes>, StorageError> {
+        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let list = placeholders.join(", ");
+        let mut conn = self.db.pool().acquire().await?;
+        let mut posts = sqlx::query(AssertSqlSafe(format!(
+            "SELECT id, title FROM posts WHERE id IN ({list})"
+        )));
+        for id in ids {
+            posts = posts.bind(id.as_str());
+        }
+        let posts = posts.fetch_all(&mut *conn).await?;
+        let mut comments = sqlx::query(AssertSqlSafe(format!(
+            "SELECT id, post_id, content, status FROM comments WHERE post_id IN ({list})
+             ORDER BY COALESCE(created_seq, 9223372036854775807), pos"
+        )));
+        for id in ids {
+            comments = comments.bind(id.as_str());
+        }
+        let rows = comments.fetch_all(&mut *conn).await?;
+        let mut by_post: HashMap<String, Vec<Value>> = HashMap::new();
+        for row in rows {
+            let post_id: String = row.try_get("post_id")?;
+            by_post
+                .entry(post_id)
+                .or_default()
+                .push(comment_json(&row)?);
+        }
+        let mut out = HashMap::with_capacity(posts.len());
+        for row in posts {
+            let id: String = row.try_get("id")?;
+            let title: String = row.try_get("title")?;
+            let comments = by_post.remove(&id).unwrap_or_default();
+            let post = json!({"id": id, "title": title, "comments": comments});
+            out.insert(id, Bytes::from(post.to_string()));
+        }
+        Ok(out)
     }
 
     async fn load_all(&self) -> Result<View, StorageError> {
