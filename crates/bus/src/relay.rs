@@ -277,13 +277,31 @@ async fn drain_single(
 }
 
 /// Replicas share the outbox (PostgreSQL): each claims rows the others do
-/// not hold, and its deletes commit only with the whole batch published. A
-/// failure mid-batch rolls back, and the resends are deduplicated by id.
+/// not hold, publishes them, and deletes them in the claiming transaction.
+/// That commit runs in the background while the next batch is claimed (its
+/// rows stay locked, so skipped, until then): waiting writes answer once
+/// their event is published, not after a second fsync. A failure anywhere
+/// rolls back, and the resends are deduplicated by id.
 async fn drain_shared(
     db: &Db,
     bus: &BusClient,
     state: &RelayState,
     shutdown: &CancellationToken,
+) -> Result<(), Failure> {
+    let mut committing = None;
+    let drained = drain_shared_batches(db, bus, state, shutdown, &mut committing).await;
+    if let Some(previous) = committing {
+        let _ = previous.await;
+    }
+    drained
+}
+
+async fn drain_shared_batches(
+    db: &Db,
+    bus: &BusClient,
+    state: &RelayState,
+    shutdown: &CancellationToken,
+    committing: &mut Option<tokio::task::JoinHandle<()>>,
 ) -> Result<(), Failure> {
     loop {
         let mut tx = db.pool().begin().await?;
@@ -292,12 +310,26 @@ async fn drain_shared(
             tx.rollback().await?;
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let rejected = bus.publish_batch(&batch).await?;
         // Writes waiting on these may answer now; the delete can follow.
         state.published_shared(&batch);
+        tracing::debug!(events = batch.len(), publish = ?started.elapsed(), "relayed");
         set_aside(db, &batch, rejected).await?;
-        outbox::remove_claimed(&mut tx, &batch).await?;
-        tx.commit().await?;
+        // One delete in flight at a time.
+        if let Some(previous) = committing.take() {
+            let _ = previous.await;
+        }
+        *committing = Some(tokio::spawn(async move {
+            let deleted = async {
+                outbox::remove_claimed(&mut tx, &batch).await?;
+                tx.commit().await?;
+                Ok::<_, Failure>(())
+            };
+            if let Err(e) = deleted.await {
+                tracing::warn!(error = %e, "could not delete relayed outbox rows; they will be sent again");
+            }
+        }));
         if shutdown.is_cancelled() {
             return Ok(());
         }
