@@ -85,19 +85,20 @@ pub async fn list(db: &Db, post_id: &str) -> Result<Vec<Comment>, StorageError> 
     rows.iter().map(to_comment).collect()
 }
 
+fn stored(row: &AnyRow, status: Status) -> Result<StoredComment, StorageError> {
+    Ok(StoredComment {
+        post_id: row.try_get("post_id")?,
+        content: row.try_get("content")?,
+        status,
+    })
+}
+
 pub async fn find(tx: &mut Tx, id: &str) -> Result<Option<StoredComment>, StorageError> {
     let row = sqlx::query("SELECT post_id, content, status FROM comments WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut **tx)
         .await?;
-    row.map(|row| {
-        Ok(StoredComment {
-            post_id: row.try_get("post_id")?,
-            content: row.try_get("content")?,
-            status: status(&row)?,
-        })
-    })
-    .transpose()
+    row.map(|row| stored(&row, status(&row)?)).transpose()
 }
 
 /// Moves a pending comment to its decided status and returns it. `None`
@@ -116,12 +117,5 @@ pub async fn decide(
     .bind(Status::Pending.as_str())
     .fetch_optional(&mut **tx)
     .await?;
-    row.map(|row| {
-        Ok(StoredComment {
-            post_id: row.try_get("post_id")?,
-            content: row.try_get("content")?,
-            status,
-        })
-    })
-    .transpose()
+    row.map(|row| stored(&row, status)).transpose()
 }

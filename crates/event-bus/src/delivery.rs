@@ -101,20 +101,14 @@ impl Subscriber {
     }
 
     async fn save(&self, db: &Db, seq: i64) -> Result<(), StorageError> {
-        let url = self.url.clone();
-        db.write(move |tx| {
-            Box::pin(async move {
-                sqlx::query(
-                    "INSERT INTO cursors (subscriber, last_seq) VALUES ($1, $2)
-                     ON CONFLICT (subscriber) DO UPDATE SET last_seq = excluded.last_seq",
-                )
-                .bind(url)
-                .bind(seq)
-                .execute(&mut **tx)
-                .await?;
-                Ok(())
-            })
-        })
+        db.execute(
+            sqlx::query(
+                "INSERT INTO cursors (subscriber, last_seq) VALUES ($1, $2)
+                 ON CONFLICT (subscriber) DO UPDATE SET last_seq = excluded.last_seq",
+            )
+            .bind(self.url.clone())
+            .bind(seq),
+        )
         .await?;
         Ok(())
     }

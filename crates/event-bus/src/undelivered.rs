@@ -29,21 +29,15 @@ pub async fn set_aside(
     attempts: u32,
     reason: &str,
 ) -> Result<(), StorageError> {
-    let (subscriber, reason) = (subscriber.to_owned(), reason.to_owned());
-    db.write(move |tx| {
-        Box::pin(async move {
-            sqlx::query(
-                "INSERT INTO undelivered (subscriber, seq, attempts, reason) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(subscriber)
-            .bind(seq)
-            .bind(i64::from(attempts))
-            .bind(reason)
-            .execute(&mut **tx)
-            .await?;
-            Ok(())
-        })
-    })
+    db.execute(
+        sqlx::query(
+            "INSERT INTO undelivered (subscriber, seq, attempts, reason) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(subscriber.to_owned())
+        .bind(seq)
+        .bind(i64::from(attempts))
+        .bind(reason.to_owned()),
+    )
     .await?;
     Ok(())
 }
@@ -125,16 +119,8 @@ pub async fn replay(db: &Db, selection: Selection) -> Result<u64, StorageError> 
 
 /// The letter was delivered at last: forget it.
 pub async fn delivered(db: &Db, id: i64) -> Result<(), StorageError> {
-    db.write(move |tx| {
-        Box::pin(async move {
-            sqlx::query("DELETE FROM undelivered WHERE id = $1")
-                .bind(id)
-                .execute(&mut **tx)
-                .await?;
-            Ok(())
-        })
-    })
-    .await?;
+    db.execute(sqlx::query("DELETE FROM undelivered WHERE id = $1").bind(id))
+        .await?;
     Ok(())
 }
 
@@ -145,20 +131,14 @@ pub async fn failed_again(
     attempts: u32,
     reason: &str,
 ) -> Result<(), StorageError> {
-    let reason = reason.to_owned();
-    db.write(move |tx| {
-        Box::pin(async move {
-            sqlx::query(
-                "UPDATE undelivered SET replay = 0, attempts = attempts + $2, reason = $3 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(i64::from(attempts))
-            .bind(reason)
-            .execute(&mut **tx)
-            .await?;
-            Ok(())
-        })
-    })
+    db.execute(
+        sqlx::query(
+            "UPDATE undelivered SET replay = 0, attempts = attempts + $2, reason = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(i64::from(attempts))
+        .bind(reason.to_owned()),
+    )
     .await?;
     Ok(())
 }

@@ -35,6 +35,9 @@ pub enum StorageError {
     Closed,
 }
 
+/// One statement with its values bound, ready for [`Db::execute`].
+pub type Statement = sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>;
+
 /// How a service's writes may run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Writes {
@@ -327,6 +330,17 @@ impl Db {
         self.writer.write(None, work, after_commit).await
     }
 
+    /// Runs one statement as a write of its own (group commit, in the
+    /// writer task); returns the rows it affected.
+    pub async fn execute(&self, statement: Statement) -> Result<u64, StorageError> {
+        let written = self
+            .write(move |tx| {
+                Box::pin(async move { Ok(statement.execute(&mut **tx).await?.rows_affected()) })
+            })
+            .await?;
+        Ok(written.value)
+    }
+
     /// Whether writes work: `Err` with the reason while the last write
     /// failed, until a probe write commits (space came back on the disk).
     pub async fn writable(&self) -> Result<(), String> {
@@ -334,14 +348,9 @@ impl Db {
             return Ok(());
         };
         let probe = self
-            .write(|tx| {
-                Box::pin(async move {
-                    sqlx::query("UPDATE write_probe SET at = at + 1 WHERE id = 1")
-                        .execute(&mut **tx)
-                        .await?;
-                    Ok(())
-                })
-            })
+            .execute(sqlx::query(
+                "UPDATE write_probe SET at = at + 1 WHERE id = 1",
+            ))
             .await;
         probe
             .map(|_| ())

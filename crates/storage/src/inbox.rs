@@ -40,21 +40,15 @@ pub async fn dead_letter(
     body: &str,
     reason: &str,
 ) -> Result<(), StorageError> {
-    let (subject, body, reason) = (subject.to_owned(), body.to_owned(), reason.to_owned());
-    db.write(move |tx| {
-        Box::pin(async move {
-            sqlx::query(
-                "INSERT INTO dead_letters (bus_seq, subject, body, reason) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(bus_seq)
-            .bind(subject)
-            .bind(body)
-            .bind(reason)
-            .execute(&mut **tx)
-            .await?;
-            Ok(())
-        })
-    })
+    db.execute(
+        sqlx::query(
+            "INSERT INTO dead_letters (bus_seq, subject, body, reason) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(bus_seq)
+        .bind(subject.to_owned())
+        .bind(body.to_owned())
+        .bind(reason.to_owned()),
+    )
     .await?;
     Ok(())
 }

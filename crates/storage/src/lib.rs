@@ -8,7 +8,8 @@ pub mod outbox;
 mod writer;
 
 pub use db::{
-    Db, Engine, Migrations, StorageConfig, StorageError, Writes, database_of, with_database,
+    Db, Engine, Migrations, Statement, StorageConfig, StorageError, Writes, database_of,
+    with_database,
 };
 pub use futures_util::future::BoxFuture;
 pub use sqlx::migrate::Migrator;

@@ -56,16 +56,8 @@ pub async fn peek_after(db: &Db, seq: i64, limit: i64) -> Result<Vec<Pending>, S
 /// Forgets every event up to `seq`, all acknowledged by the bus (one relay
 /// per database publishes in sequence order).
 pub async fn remove_through(db: &Db, seq: i64) -> Result<(), StorageError> {
-    db.write(move |tx| {
-        Box::pin(async move {
-            sqlx::query("DELETE FROM outbox WHERE seq <= $1")
-                .bind(seq)
-                .execute(&mut **tx)
-                .await?;
-            Ok(())
-        })
-    })
-    .await?;
+    db.execute(sqlx::query("DELETE FROM outbox WHERE seq <= $1").bind(seq))
+        .await?;
     Ok(())
 }
 
