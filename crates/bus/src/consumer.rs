@@ -128,9 +128,28 @@ impl<H: Handler> Consumer<H> {
             .write_then(
                 move |tx| {
                     Box::pin(async move {
+                        // Which of them are new, in one statement.
+                        let keys: Vec<String> = together
+                            .iter()
+                            .filter(|e| this.wants(e))
+                            .filter_map(Envelope::dedup_key)
+                            .collect();
+                        let mut new = inbox::mark_all_processed(tx, &keys).await?;
                         let mut outcomes = Vec::with_capacity(together.len());
                         for envelope in &together {
-                            outcomes.push(this.apply_one(tx, envelope).await?);
+                            let outcome = match (&envelope.event, envelope.dedup_key()) {
+                                (Some(event), Some(key)) if this.handler.consumes(event) => {
+                                    // The first of a repeated key applies it.
+                                    if new.remove(&key) {
+                                        this.handler.apply(tx, event, envelope.seq).await?;
+                                        Outcome::Applied
+                                    } else {
+                                        Outcome::Duplicate
+                                    }
+                                }
+                                _ => Outcome::Ignored,
+                            };
+                            outcomes.push(outcome);
                         }
                         if let Some(seq) = together.iter().filter_map(|e| e.seq).max() {
                             inbox::advance(tx, seq).await?;

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use crate::EventLog;
 use crate::undelivered;
 
-const BATCH: usize = 256;
+const BATCH: usize = 512;
 const BACKOFF_START: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 

@@ -1,6 +1,8 @@
 //! The consumer's side: which events were applied, and how far in the bus's
 //! sequence this service has come.
 
+use std::collections::HashSet;
+
 use crate::{Db, StorageError, Tx};
 
 /// Records `key` as applied in `tx`. Returns `false` when it already was, in
@@ -13,6 +15,39 @@ pub async fn mark_processed(tx: &mut Tx, key: &str) -> Result<bool, StorageError
             .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Records `keys` as applied in `tx`, in one statement; returns those that
+/// were not already (the caller applies exactly those, once each).
+pub async fn mark_all_processed(
+    tx: &mut Tx,
+    keys: &[String],
+) -> Result<HashSet<String>, StorageError> {
+    let mut unique: Vec<&String> = Vec::with_capacity(keys.len());
+    let mut seen = HashSet::with_capacity(keys.len());
+    for key in keys {
+        if seen.insert(key) {
+            unique.push(key);
+        }
+    }
+    let mut new = HashSet::with_capacity(unique.len());
+    for chunk in unique.chunks(MARK_CHUNK) {
+        let values: Vec<String> = (1..=chunk.len()).map(|i| format!("(${i})")).collect();
+        let sql = format!(
+            "INSERT INTO processed_events (event_key) VALUES {} ON CONFLICT DO NOTHING RETURNING event_key",
+            values.join(", ")
+        );
+        let mut insert = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+        for key in chunk {
+            insert = insert.bind(key.as_str());
+        }
+        new.extend(insert.fetch_all(&mut **tx).await?);
+    }
+    Ok(new)
+}
+
+/// Keys recorded per statement, well under every engine's limit on
+/// parameters.
+const MARK_CHUNK: usize = 500;
 
 /// Moves the catch-up cursor forward to `seq` (never back).
 pub async fn advance(tx: &mut Tx, seq: i64) -> Result<(), StorageError> {
