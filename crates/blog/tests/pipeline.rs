@@ -1206,3 +1206,93 @@ async fn unready_subscriber(engines: Engines) {
     assert!(system.query().await.get(&post).is_some());
     system.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// An event the bus refuses for good is set aside; the outbox goes on
+
+/// A course-like bus (no batch route) that refuses, with a 400, any post
+/// titled `refused`, and keeps the titles of what it stored.
+async fn refusing_bus() -> (String, Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+    let stored = Arc::new(Mutex::new(Vec::new()));
+    let kept = stored.clone();
+    let router = Router::new().route(
+        "/events",
+        post(move |body: Bytes| {
+            let kept = kept.clone();
+            async move {
+                let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let title = event["data"]["title"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if title == "refused" {
+                    return (StatusCode::BAD_REQUEST, "never".to_owned());
+                }
+                kept.lock().unwrap().push(title);
+                (StatusCode::OK, r#"{"status":"OK"}"#.to_owned())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (url, stored, server)
+}
+
+#[tokio::test]
+async fn an_event_the_bus_refuses_is_set_aside_and_the_outbox_goes_on() {
+    let (bus, stored, server) = refusing_bus().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut settings = blog::settings::Settings::local(dir.path().join("data"));
+    settings.bus = blog_bus::BusConfig::Http { url: bus };
+    let service = blog::startup::build(ServiceKind::Posts, &settings)
+        .await
+        .expect("posts");
+    let listener = blog::startup::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("bind");
+    let running = blog::startup::spawn(ServiceKind::Posts, service, listener).expect("spawn");
+    let posts = running.url();
+    let http = HttpClient::default();
+    for title in ["refused", "fine"] {
+        let (status, _) = http
+            .post_json(
+                &format!("{posts}/posts/create"),
+                Bytes::from(json!({ "title": title }).to_string()),
+            )
+            .await
+            .expect("posts answers");
+        assert_eq!(status, StatusCode::CREATED, "{title}");
+    }
+    let started = std::time::Instant::now();
+    while !stored.lock().unwrap().contains(&"fine".to_owned()) {
+        assert!(
+            started.elapsed() < CONVERGE,
+            "the event behind the refused one never reached the bus"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = http
+        .get(&format!("{posts}/dead-letters"))
+        .await
+        .expect("dead letters");
+    assert_eq!(status, StatusCode::OK);
+    let letters: Value = serde_json::from_slice(&body).expect("json");
+    let letters = letters.as_array().expect("an array");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["subject"], "outbox", "{letters:?}");
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("400")),
+        "{letters:?}"
+    );
+    let (ready, _) = http.get(&format!("{posts}/readyz")).await.expect("readyz");
+    assert_eq!(ready, StatusCode::OK, "the relay is healthy again");
+    running.stop().await.expect("stop");
+    server.abort();
+}

@@ -211,17 +211,24 @@ fn refuse(e: blog_events::EventError) -> ApiError {
     }])
 }
 
-/// `GET /dead-letters` (ours): events set aside as never handleable.
-async fn dead_letters<H: Handler>(
-    State(consumer): State<Arc<Consumer<H>>>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let letters = inbox::dead_letters(&consumer.db).await?;
-    Ok(axum::Json(Value::Array(
-        letters
-            .into_iter()
-            .map(|(seq, subject, reason)| json!({"seq": seq, "subject": subject, "reason": reason}))
-            .collect(),
-    )))
+/// `GET /dead-letters` (ours): this service's events set aside as never
+/// handleable: events it consumes that failed every delivery (NATS), and
+/// events of its own the bus refused for good (`"subject":"outbox"`).
+pub fn dead_letters_route(db: Db) -> Router {
+    async fn list(State(db): State<Db>) -> Result<axum::Json<Value>, ApiError> {
+        let letters = inbox::dead_letters(&db).await?;
+        Ok(axum::Json(Value::Array(
+            letters
+                .into_iter()
+                .map(|(seq, subject, reason)| {
+                    json!({"seq": seq, "subject": subject, "reason": reason})
+                })
+                .collect(),
+        )))
+    }
+    Router::new()
+        .route("/dead-letters", axum::routing::get(list))
+        .with_state(db)
 }
 
 /// `POST /events`: where the HTTP bus delivers. Answers 200 `{}` once the
@@ -277,8 +284,8 @@ pub fn events_route<H: Handler>(consumer: Arc<Consumer<H>>) -> Router {
             "/events/batch",
             post(receive_batch::<H>).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
         )
-        .route("/dead-letters", axum::routing::get(dead_letters::<H>))
-        .with_state(consumer);
+        .with_state(consumer.clone())
+        .merge(dead_letters_route(consumer.db.clone()));
     with_consumes(router, &H::CONSUMES.join(","))
 }
 

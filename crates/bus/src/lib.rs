@@ -15,7 +15,8 @@ mod wiring;
 
 pub use client::{BusClient, BusConfig, BusError, DEFAULT_STREAM, Rejected};
 pub use consumer::{
-    Consumer, Handler, Outcome, catch_up, consume, events_route, ignore_events_route,
+    Consumer, Handler, Outcome, catch_up, consume, dead_letters_route, events_route,
+    ignore_events_route,
 };
 pub use nats::MAX_DELIVER;
 pub use relay::{PUBLISH_WAIT, RelayState, relay};

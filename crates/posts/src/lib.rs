@@ -7,7 +7,10 @@ mod store;
 
 use std::sync::Arc;
 
-use blog_bus::{BuildError, RelayState, ServiceConfig, ignore_events_route, readiness, relay};
+use blog_bus::{
+    BuildError, RelayState, ServiceConfig, dead_letters_route, ignore_events_route, readiness,
+    relay,
+};
 use blog_kit::serve::Service;
 use blog_storage::{Db, Migrations};
 
@@ -31,6 +34,7 @@ pub async fn build(config: &ServiceConfig) -> Result<Service, BuildError> {
         relay: relay_state.clone(),
     })
     .merge(ignore_events_route())
+    .merge(dead_letters_route(db.clone()))
     .merge(blog_kit::health::routes(readiness(
         db.clone(),
         bus.clone(),
