@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "k8s"
 OVERLAYS = ["base", "overlays/local", "overlays/dev", "overlays/production"]
 
-# The course's services (CONTRACT.md): app label -> Deployment, ClusterIP
+# The course's services (its wire contract): app label -> Deployment, ClusterIP
 # Service, port. The image of each is the Dockerfile target of the same name.
 COURSE = {
     "posts": ("posts-depl", "posts-clusterip-srv", 4000),
@@ -34,7 +34,7 @@ COURSE = {
     "client": ("client-depl", "client-srv", 3000),
 }
 
-# The course's Ingress (CONTRACT.md, "The ingress"), written down here
+# The course's Ingress, written down here
 # independently of both the manifests and the gateway's code.
 COURSE_RULES = [
     {"path": "/posts/create", "pathType": "Prefix", "service": "posts-clusterip-srv", "port": 4000},

@@ -1,4 +1,4 @@
-"""The course's compatibility surface (CONTRACT.md) in every overlay: object
+"""The course's compatibility surface (its wire contract) in every overlay: object
 names, ports, selectors, and the Ingress, which must be the same rules as
 the local gateway's routing table (`blog routes`)."""
 

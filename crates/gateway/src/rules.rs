@@ -1,4 +1,5 @@
-//! The Ingress rules (CONTRACT.md), and how ingress-nginx applies them.
+//! The course's Ingress rules (its wire contract), and how ingress-nginx
+//! applies them.
 
 use regex::Regex;
 use serde::Serialize;
