@@ -1296,3 +1296,74 @@ async fn an_event_the_bus_refuses_is_set_aside_and_the_outbox_goes_on() {
     running.stop().await.expect("stop");
     server.abort();
 }
+
+// ---------------------------------------------------------------------------
+// A subscriber of ours gets only the event types it says it applies
+
+#[tokio::test]
+async fn the_bus_sends_a_subscriber_only_the_types_it_applies() {
+    support::on_each(support::http_bus_engines(), only_what_it_applies).await;
+}
+
+async fn only_what_it_applies(engines: Engines) {
+    // Says, as our services do, that it applies PostCreated only.
+    let received = Arc::new(Mutex::new(Vec::<String>::new()));
+    let kept = received.clone();
+    let router = Router::new().route(
+        "/events",
+        post(move |body: Bytes| {
+            let kept = kept.clone();
+            async move {
+                let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let kind = event["type"].as_str().unwrap_or_default().to_owned();
+                kept.lock().unwrap().push(kind);
+                ([(blog_kit::http::CONSUMES_HEADER, "PostCreated")], "{}")
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/events", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    let extra = url.clone();
+    let system = TestSystem::spawn_with(engines, |settings| {
+        settings.extra_subscribers.push(extra);
+    })
+    .await;
+    // The first delivery tells the bus what the subscriber applies.
+    let post = system.create_post("types").await;
+    system
+        .until(
+            &format!("{engines}: the subscriber answered once"),
+            || async {
+                subscriber_status(&system, &url).await["consumes"] == json!(["PostCreated"])
+            },
+        )
+        .await;
+    let comment = system.comment(&post, "only posts, please").await;
+    system.until_status(&post, &comment, "approved").await;
+    let second = system.create_post("after the comment").await;
+    system
+        .until(
+            &format!("{engines}: the second post reached it"),
+            || async { subscriber_status(&system, &url).await["lag"] == 0 },
+        )
+        .await;
+    let kinds = received.lock().unwrap().clone();
+    assert_eq!(
+        kinds,
+        vec!["PostCreated".to_owned(), "PostCreated".to_owned()],
+        "{engines}: only the type it applies, for {post} and {second}"
+    );
+    // Our own services say what they apply too; posts applies nothing.
+    let posts = format!("{}/events", system.url(ServiceKind::Posts));
+    assert_eq!(
+        subscriber_status(&system, &posts).await["consumes"],
+        json!([])
+    );
+    system.shutdown().await;
+    server.abort();
+}

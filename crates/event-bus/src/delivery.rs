@@ -81,6 +81,11 @@ impl Subscriber {
         }
     }
 
+    /// The event types it said it applies, if it said.
+    pub fn consumes(&self) -> Option<Arc<HashSet<String>>> {
+        self.consumes.lock().ok().and_then(|t| t.clone())
+    }
+
     /// Whether it wants an event (by the `type` of its stored body).
     fn wants(&self, types: Option<&HashSet<String>>, body: &str) -> bool {
         #[derive(serde::Deserialize)]
@@ -129,12 +134,10 @@ enum Attempt {
     Unreachable(String),
 }
 
-fn judge(
-    answer: Result<(axum::http::StatusCode, Bytes), blog_kit::client::ClientError>,
-) -> Attempt {
+fn judge(answer: Result<Reply, blog_kit::client::ClientError>) -> Attempt {
     match answer {
-        Ok((status, _)) if status.is_success() => Attempt::Done,
-        Ok((status, body)) => Attempt::Failed {
+        Ok(Reply { status, .. }) if status.is_success() => Attempt::Done,
+        Ok(Reply { status, body, .. }) => Attempt::Failed {
             reason: format!(
                 "answered {status}: {}",
                 String::from_utf8_lossy(&body[..body.len().min(300)])
@@ -197,7 +200,7 @@ impl Delivery {
             };
             // What it said it does not apply is passed over (the cursor moves
             // past it all the same).
-            let types = self.subscriber.consumes.lock().ok().and_then(|t| t.clone());
+            let types = self.subscriber.consumes();
             let wanted: Vec<(i64, Arc<str>)> = batch
                 .into_iter()
                 .filter(|(_, body)| self.subscriber.wants(types.as_deref(), body))
@@ -310,11 +313,14 @@ impl Delivery {
         loop {
             let answer = self
                 .http
-                .post_json(
+                .post_json_reply(
                     &self.subscriber.url,
                     Bytes::copy_from_slice(body.as_bytes()),
                 )
                 .await;
+            if let Ok(reply) = &answer {
+                self.subscriber.heard(reply);
+            }
             match judge(answer) {
                 Attempt::Done => return Some(Ok(())),
                 Attempt::Failed { reason, permanent } => {

@@ -151,6 +151,12 @@ async fn subscribers_status(State(state): State<AppState>) -> Result<Json<Value>
                 "lag": last - s.cursor(),
                 "deadLetters": counts.get(&s.url).copied().unwrap_or(0),
                 "batches": s.takes_batches(),
+                // What it said it applies (sorted); null: everything.
+                "consumes": s.consumes().map(|types| {
+                    let mut types: Vec<String> = types.iter().cloned().collect();
+                    types.sort();
+                    types
+                }),
             })
         })
         .collect();
