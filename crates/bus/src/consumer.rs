@@ -78,32 +78,8 @@ impl<H: Handler> Consumer<H> {
     /// it completes (and the handler hears of the commit) even when the
     /// delivery that brought it is cut off.
     pub async fn receive(self: &Arc<Self>, envelope: Envelope) -> Result<Outcome, StorageError> {
-        if !self.wants(&envelope) {
-            return Ok(Outcome::Ignored);
-        }
-        let (this, after) = (self.clone(), self.clone());
-        let written = self
-            .db
-            .write_then(
-                move |tx| {
-                    Box::pin(async move {
-                        let outcome = this.apply_one(tx, &envelope).await?;
-                        if let Some(seq) = envelope.seq {
-                            inbox::advance(tx, seq).await?;
-                        }
-                        Ok((outcome, envelope))
-                    })
-                },
-                move |(outcome, envelope): &(Outcome, Envelope)| {
-                    if *outcome == Outcome::Applied
-                        && let Some(event) = &envelope.event
-                    {
-                        after.handler.applied(event);
-                    }
-                },
-            )
-            .await?;
-        Ok(written.value.0)
+        let outcomes = self.apply(vec![envelope]).await?;
+        Ok(outcomes.into_iter().next().unwrap_or(Outcome::Ignored))
     }
 
     /// Applies many events in one job (one transaction, the cursor moved
@@ -111,35 +87,49 @@ impl<H: Handler> Consumer<H> {
     /// be applied does not hold back the others; each result is its own.
     pub async fn receive_all(
         self: &Arc<Self>,
-        envelopes: Vec<Envelope>,
+        mut envelopes: Vec<Envelope>,
     ) -> Vec<Result<Outcome, StorageError>> {
-        let wanted = envelopes.iter().filter(|e| self.wants(e)).count();
-        if wanted <= 1 {
-            let mut out = Vec::new();
-            for envelope in envelopes {
-                out.push(self.receive(envelope).await);
+        if envelopes.len() == 1
+            && let Some(envelope) = envelopes.pop()
+        {
+            return vec![self.receive(envelope).await];
+        }
+        match self.apply(envelopes.clone()).await {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "a batch failed; applying its events one by one");
+                futures_util::future::join_all(envelopes.into_iter().map(|e| self.receive(e))).await
             }
-            return out;
+        }
+    }
+
+    /// Applies `envelopes` in one job: records which are new in one
+    /// statement, applies those (the first of a repeated key only), moves
+    /// the cursor, and tells the handler after the commit. Events this
+    /// service does not apply cost no write at all.
+    async fn apply(
+        self: &Arc<Self>,
+        envelopes: Vec<Envelope>,
+    ) -> Result<Vec<Outcome>, StorageError> {
+        if !envelopes.iter().any(|e| self.wants(e)) {
+            return Ok(vec![Outcome::Ignored; envelopes.len()]);
         }
         let (this, after) = (self.clone(), self.clone());
-        let together = envelopes.clone();
         let written = self
             .db
             .write_then(
                 move |tx| {
                     Box::pin(async move {
-                        // Which of them are new, in one statement.
-                        let keys: Vec<String> = together
+                        let keys: Vec<String> = envelopes
                             .iter()
                             .filter(|e| this.wants(e))
                             .filter_map(Envelope::dedup_key)
                             .collect();
                         let mut new = inbox::mark_all_processed(tx, &keys).await?;
-                        let mut outcomes = Vec::with_capacity(together.len());
-                        for envelope in &together {
+                        let mut outcomes = Vec::with_capacity(envelopes.len());
+                        for envelope in &envelopes {
                             let outcome = match (&envelope.event, envelope.dedup_key()) {
                                 (Some(event), Some(key)) if this.handler.consumes(event) => {
-                                    // The first of a repeated key applies it.
                                     if new.remove(&key) {
                                         this.handler.apply(tx, event, envelope.seq).await?;
                                         Outcome::Applied
@@ -151,10 +141,10 @@ impl<H: Handler> Consumer<H> {
                             };
                             outcomes.push(outcome);
                         }
-                        if let Some(seq) = together.iter().filter_map(|e| e.seq).max() {
+                        if let Some(seq) = envelopes.iter().filter_map(|e| e.seq).max() {
                             inbox::advance(tx, seq).await?;
                         }
-                        Ok((outcomes, together))
+                        Ok((outcomes, envelopes))
                     })
                 },
                 move |(outcomes, envelopes): &(Vec<Outcome>, Vec<Envelope>)| {
@@ -167,30 +157,8 @@ impl<H: Handler> Consumer<H> {
                     }
                 },
             )
-            .await;
-        match written {
-            Ok(written) => written.value.0.into_iter().map(Ok).collect(),
-            Err(e) => {
-                tracing::debug!(error = %e, "a batch failed; applying its events one by one");
-                futures_util::future::join_all(envelopes.into_iter().map(|e| self.receive(e))).await
-            }
-        }
-    }
-
-    /// Applies one event in `tx` unless already applied or not consumed.
-    async fn apply_one(&self, tx: &mut Tx, envelope: &Envelope) -> Result<Outcome, StorageError> {
-        let (Some(event), Some(key)) = (&envelope.event, envelope.dedup_key()) else {
-            return Ok(Outcome::Ignored);
-        };
-        if !self.handler.consumes(event) {
-            return Ok(Outcome::Ignored);
-        }
-        if inbox::mark_processed(tx, &key).await? {
-            self.handler.apply(tx, event, envelope.seq).await?;
-            Ok(Outcome::Applied)
-        } else {
-            Ok(Outcome::Duplicate)
-        }
+            .await?;
+        Ok(written.value.0)
     }
 
     /// Whether `envelope` is an event this service applies (anything else
@@ -214,7 +182,7 @@ fn refuse(e: blog_events::EventError) -> ApiError {
 /// `GET /dead-letters` (ours): this service's events set aside as never
 /// handleable: events it consumes that failed every delivery (NATS), and
 /// events of its own the bus refused for good (`"subject":"outbox"`).
-pub fn dead_letters_route(db: Db) -> Router {
+fn dead_letters_route(db: Db) -> Router {
     async fn list(State(db): State<Db>) -> Result<axum::Json<Value>, ApiError> {
         let letters = inbox::dead_letters(&db).await?;
         Ok(axum::Json(Value::Array(
@@ -305,33 +273,17 @@ fn with_consumes(router: Router, types: &str) -> Router {
     ))
 }
 
-/// `POST /events` for a service that consumes nothing (posts): still checks
-/// that what it was sent is an event.
-pub fn ignore_events_route() -> Router {
-    async fn receive(JsonBody(body): JsonBody) -> Result<axum::Json<Value>, ApiError> {
-        Envelope::from_value(body).map_err(refuse)?;
-        Ok(axum::Json(json!({})))
+/// The handler of a service that consumes nothing (posts): its `POST
+/// /events` still checks that what it was sent is an event, answers at once
+/// without a write, and tells our bus to send it none.
+pub struct ConsumesNothing;
+
+impl Handler for ConsumesNothing {
+    const CONSUMES: &'static [&'static str] = &[];
+
+    async fn apply(&self, _: &mut Tx, _: &Event, _: Option<i64>) -> Result<(), StorageError> {
+        Ok(())
     }
-    async fn receive_batch(JsonBody(body): JsonBody) -> Result<axum::Json<Value>, ApiError> {
-        let Value::Array(events) = body else {
-            return Err(ApiError::BadRequest(
-                "a batch must be a JSON array of events".into(),
-            ));
-        };
-        let results: Vec<Value> = events
-            .into_iter()
-            .map(|event| match Envelope::from_value(event) {
-                Ok(_) => json!({"status": 200}),
-                Err(e) => json!({"status": 400, "error": e.message}),
-            })
-            .collect();
-        Ok(axum::Json(json!({ "results": results })))
-    }
-    let router = Router::new().route("/events", post(receive)).route(
-        "/events/batch",
-        post(receive_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
-    );
-    with_consumes(router, "")
 }
 
 /// Runs this service's consumption until `shutdown`. On the HTTP bus, events

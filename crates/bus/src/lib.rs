@@ -14,10 +14,7 @@ mod relay;
 mod wiring;
 
 pub use client::{BusClient, BusConfig, BusError, DEFAULT_STREAM, Rejected};
-pub use consumer::{
-    Consumer, Handler, Outcome, catch_up, consume, dead_letters_route, events_route,
-    ignore_events_route,
-};
+pub use consumer::{Consumer, ConsumesNothing, Handler, Outcome, catch_up, consume, events_route};
 pub use nats::MAX_DELIVER;
 pub use relay::{PUBLISH_WAIT, RelayState, relay};
 pub use wiring::{BuildError, ServiceConfig, readiness};

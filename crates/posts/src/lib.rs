@@ -8,7 +8,7 @@ mod store;
 use std::sync::Arc;
 
 use blog_bus::{
-    BuildError, RelayState, ServiceConfig, dead_letters_route, ignore_events_route, readiness,
+    BuildError, Consumer, ConsumesNothing, RelayState, ServiceConfig, events_route, readiness,
     relay,
 };
 use blog_kit::serve::Service;
@@ -33,8 +33,10 @@ pub async fn build(config: &ServiceConfig) -> Result<Service, BuildError> {
         db: db.clone(),
         relay: relay_state.clone(),
     })
-    .merge(ignore_events_route())
-    .merge(dead_letters_route(db.clone()))
+    .merge(events_route(Arc::new(Consumer::new(
+        db.clone(),
+        ConsumesNothing,
+    ))))
     .merge(blog_kit::health::routes(readiness(
         db.clone(),
         bus.clone(),

@@ -5,17 +5,6 @@ use std::collections::HashSet;
 
 use crate::{Db, StorageError, Tx};
 
-/// Records `key` as applied in `tx`. Returns `false` when it already was, in
-/// which case the caller must not apply the event again.
-pub async fn mark_processed(tx: &mut Tx, key: &str) -> Result<bool, StorageError> {
-    let done =
-        sqlx::query("INSERT INTO processed_events (event_key) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(key)
-            .execute(&mut **tx)
-            .await?;
-    Ok(done.rows_affected() == 1)
-}
-
 /// Records `keys` as applied in `tx`, in one statement; returns those that
 /// were not already (the caller applies exactly those, once each).
 pub async fn mark_all_processed(
