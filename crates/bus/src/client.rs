@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use blog_events::Envelope;
 use blog_kit::client::{ClientError, HttpClient, json_array};
-use blog_kit::http::BATCH_BYTES;
+use blog_kit::http::fits_in_batch;
 use blog_storage::outbox::Pending;
 use bytes::Bytes;
 use serde_json::Value;
@@ -275,19 +275,13 @@ pub(crate) fn parse_from_bus(value: Value) -> Option<Envelope> {
     }
 }
 
-/// `batch` cut into runs of at most [`BATCH_BYTES`] (at least one event each).
-fn chunks(batch: &[Pending]) -> Vec<&[Pending]> {
+/// `batch` cut into runs that each fit in one batch request.
+fn chunks(mut batch: &[Pending]) -> Vec<&[Pending]> {
     let mut out = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (i, pending) in batch.iter().enumerate() {
-        if i > start && bytes + pending.body.len() > BATCH_BYTES {
-            out.push(&batch[start..i]);
-            (start, bytes) = (i, 0);
-        }
-        bytes += pending.body.len() + 1;
-    }
-    if start < batch.len() {
-        out.push(&batch[start..]);
+    while !batch.is_empty() {
+        let (chunk, rest) = batch.split_at(fits_in_batch(batch.iter().map(|p| p.body.len())));
+        out.push(chunk);
+        batch = rest;
     }
     out
 }

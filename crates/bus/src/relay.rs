@@ -1,8 +1,9 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use blog_kit::CancellationToken;
+use blog_kit::health::Failing;
 use blog_storage::outbox::Pending;
 use blog_storage::{Db, Engine, inbox, outbox};
 use tokio::sync::watch;
@@ -29,7 +30,7 @@ pub struct RelayState {
     /// On a shared outbox (PostgreSQL), rows are not published in sequence
     /// order: the ones this relay published lately, one by one.
     published_rows: Mutex<BTreeSet<i64>>,
-    failing: Mutex<Option<(Instant, String)>>,
+    failing: Failing,
 }
 
 /// How many published rows a shared relay remembers for waiting writes.
@@ -40,7 +41,7 @@ impl Default for RelayState {
         Self {
             published: watch::Sender::new(0),
             published_rows: Mutex::new(BTreeSet::new()),
-            failing: Mutex::new(None),
+            failing: Failing::default(),
         }
     }
 }
@@ -69,28 +70,20 @@ impl RelayState {
     }
 
     fn healthy(&self) {
-        if let Ok(mut failing) = self.failing.lock() {
-            *failing = None;
-        }
+        self.failing.succeeded();
     }
 
     fn failed(&self, why: String) {
-        if let Ok(mut failing) = self.failing.lock() {
-            match failing.as_mut() {
-                Some((_, last)) => *last = why,
-                None => *failing = Some((Instant::now(), why)),
-            }
-        }
+        self.failing.failed(why);
     }
 
     /// `Err` with the reason when the relay has not been able to publish
     /// for more than a few seconds.
     pub fn ready(&self) -> Result<(), String> {
-        let failing = self.failing.lock().map_err(|_| "relay: state poisoned")?;
-        match failing.as_ref() {
-            Some((since, why)) if since.elapsed() > UNHEALTHY_AFTER => Err(format!(
+        match self.failing.current() {
+            Some((failing, why)) if failing > UNHEALTHY_AFTER => Err(format!(
                 "relay: cannot publish to the bus for {}s: {why}",
-                since.elapsed().as_secs()
+                failing.as_secs()
             )),
             _ => Ok(()),
         }
@@ -165,7 +158,7 @@ pub async fn relay(
                     }
                     () = db.outbox_written() => {}
                     () = tokio::time::sleep(POLL) => {}
-                    () = sleep_until(tidy_at), if tidy_at.is_some() => single.tidy(&db).await,
+                    () = blog_kit::retry::sleep_until(tidy_at), if tidy_at.is_some() => single.tidy(&db).await,
                 }
             }
             Err(e) => {
@@ -178,13 +171,6 @@ pub async fn relay(
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
-    }
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use blog_kit::CancellationToken;
 use blog_kit::client::{HttpClient, Reply, json_array};
-use blog_kit::http::{BATCH_BYTES, CONSUMES_HEADER};
+use blog_kit::http::{CONSUMES_HEADER, fits_in_batch};
 use blog_storage::{Db, StorageError};
 use bytes::Bytes;
 use serde_json::Value;
@@ -189,7 +189,7 @@ impl Delivery {
                     () = shutdown.cancelled() => break,
                     () = self.subscriber.replay.notified() => {}
                     changed = appended.changed() => if changed.is_err() { break },
-                    () = sleep_until(save_at), if save_at.is_some() => {
+                    () = blog_kit::retry::sleep_until(save_at), if save_at.is_some() => {
                         cursor.save(&self, from).await;
                     }
                 }
@@ -423,25 +423,9 @@ impl SavedCursor {
     }
 }
 
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// The events of `batch` that fit in one request (at least one).
 fn cut(mut batch: Vec<(i64, Arc<str>)>) -> Vec<(i64, Arc<str>)> {
-    let mut bytes = 0;
-    let keep = batch
-        .iter()
-        .position(|(_, body)| {
-            bytes += body.len() + 1;
-            bytes > BATCH_BYTES
-        })
-        .unwrap_or(batch.len())
-        .max(1);
-    batch.truncate(keep);
+    batch.truncate(fits_in_batch(batch.iter().map(|(_, body)| body.len())));
     batch
 }
 

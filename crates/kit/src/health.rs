@@ -48,3 +48,37 @@ async fn readiness(ready: ReadyCheck) -> Response {
 pub fn always_ready() -> ReadyCheck {
     Arc::new(|| Box::pin(async { Ok(()) }))
 }
+
+/// A part's ongoing failure, for its readiness: since when it has been
+/// failing and the latest reason; one success clears it.
+#[derive(Debug, Default)]
+pub struct Failing(std::sync::Mutex<Option<(std::time::Instant, String)>>);
+
+impl Failing {
+    /// Records a failure: the first of a run starts the clock, later ones
+    /// only update the reason.
+    pub fn failed(&self, why: impl Into<String>) {
+        if let Ok(mut failing) = self.0.lock() {
+            let why = why.into();
+            match failing.as_mut() {
+                Some((_, last)) => *last = why,
+                None => *failing = Some((std::time::Instant::now(), why)),
+            }
+        }
+    }
+
+    pub fn succeeded(&self) {
+        if let Ok(mut failing) = self.0.lock() {
+            *failing = None;
+        }
+    }
+
+    /// For how long, and why, it has been failing.
+    pub fn current(&self) -> Option<(std::time::Duration, String)> {
+        self.0
+            .lock()
+            .ok()?
+            .as_ref()
+            .map(|(since, why)| (since.elapsed(), why.clone()))
+    }
+}

@@ -21,6 +21,22 @@ pub const BATCH_BODY_LIMIT: usize = 4 * 1024 * 1024;
 /// What a sender puts in one batch at most, in bytes of events.
 pub const BATCH_BYTES: usize = 1024 * 1024;
 
+/// How many of the leading events (by their sizes in bytes) fit in one
+/// batch of at most [`BATCH_BYTES`]; at least one, so a large event still
+/// goes, alone.
+pub fn fits_in_batch(sizes: impl IntoIterator<Item = usize>) -> usize {
+    let mut bytes = 0;
+    let mut count = 0;
+    for size in sizes {
+        bytes += size + 1;
+        if count > 0 && bytes > BATCH_BYTES {
+            break;
+        }
+        count += 1;
+    }
+    count
+}
+
 /// The answer header in which a subscriber of ours lists the event types it
 /// applies, so our bus sends it only those (course peers get everything).
 pub const CONSUMES_HEADER: &str = "blog-consumes";
@@ -110,6 +126,14 @@ pub fn finish(routes: Router, cors: &CorsOrigins, body_limit: usize) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cuts_batches_by_bytes_keeping_at_least_one_event() {
+        assert_eq!(fits_in_batch([10, 20, 30]), 3);
+        assert_eq!(fits_in_batch([BATCH_BYTES / 2, BATCH_BYTES / 2, 1]), 1);
+        assert_eq!(fits_in_batch([BATCH_BYTES * 2, 1]), 1);
+        assert_eq!(fits_in_batch(std::iter::empty()), 0);
+    }
 
     #[test]
     fn parses_cors_origins() {

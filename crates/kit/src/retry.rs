@@ -39,6 +39,15 @@ where
     }
 }
 
+/// Sleeps until `at`, or forever when there is nothing to wait for: a
+/// `select!` branch for work that is due at some time, or never.
+pub async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

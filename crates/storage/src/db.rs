@@ -344,7 +344,7 @@ impl Db {
     /// Whether writes work: `Err` with the reason while the last write
     /// failed, until a probe write commits (space came back on the disk).
     pub async fn writable(&self) -> Result<(), String> {
-        let Some((since, why)) = self.writer.health().failing() else {
+        let Some((since, why)) = self.writer.health().current() else {
             return Ok(());
         };
         let probe = self

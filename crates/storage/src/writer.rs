@@ -13,10 +13,10 @@ use std::any::Any as StdAny;
 use std::hash::{Hash, Hasher};
 use std::ops::{Deref, DerefMut};
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
+use blog_kit::health::Failing;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use sqlx::AnyConnection;
@@ -93,47 +93,14 @@ struct Done {
 pub(crate) struct Writer {
     queues: Arc<[mpsc::Sender<Job>]>,
     next: Arc<AtomicUsize>,
-    health: Arc<WriteHealth>,
-}
-
-/// Whether writes are failing, for readiness.
-#[derive(Default)]
-pub(crate) struct WriteHealth {
-    failing: Mutex<Option<(Instant, String)>>,
-}
-
-impl WriteHealth {
-    fn failed(&self, why: &str) {
-        if let Ok(mut failing) = self.failing.lock() {
-            if failing.is_none() {
-                *failing = Some((Instant::now(), why.to_owned()));
-            } else if let Some((_, last)) = failing.as_mut() {
-                why.clone_into(last);
-            }
-        }
-    }
-
-    fn succeeded(&self) {
-        if let Ok(mut failing) = self.failing.lock() {
-            *failing = None;
-        }
-    }
-
-    /// Since when, and why, writes have been failing.
-    pub(crate) fn failing(&self) -> Option<(Duration, String)> {
-        self.failing
-            .lock()
-            .ok()?
-            .as_ref()
-            .map(|(since, why)| (since.elapsed(), why.clone()))
-    }
+    health: Arc<Failing>,
 }
 
 impl Writer {
     /// Starts `tasks` writer tasks on `pool`. They end when every [`Writer`]
     /// clone is dropped.
     pub(crate) fn start(pool: AnyPool, engine: Engine, tasks: usize, outbox: Arc<Notify>) -> Self {
-        let health = Arc::new(WriteHealth::default());
+        let health = Arc::new(Failing::default());
         let mut queues = Vec::new();
         for _ in 0..tasks.max(1) {
             let (queue, jobs) = mpsc::channel(QUEUE);
@@ -168,7 +135,8 @@ impl Writer {
         &self.queues[i]
     }
 
-    pub(crate) fn health(&self) -> &WriteHealth {
+    /// Whether writes are failing, for readiness.
+    pub(crate) fn health(&self) -> &Failing {
         &self.health
     }
 
@@ -216,7 +184,7 @@ struct WriterTask {
     pool: AnyPool,
     engine: Engine,
     outbox: Arc<Notify>,
-    health: Arc<WriteHealth>,
+    health: Arc<Failing>,
 }
 
 fn failure(e: &sqlx::Error) -> StorageError {
@@ -242,7 +210,7 @@ impl WriterTask {
         let mut tx = match self.begin().await {
             Ok(tx) => tx,
             Err(e) => {
-                self.health.failed(&e.to_string());
+                self.health.failed(e.to_string());
                 for job in batch {
                     let _ = job.answer.send(Err(StorageError::Write(e.to_string())));
                 }
@@ -298,7 +266,7 @@ impl WriterTask {
         }
         if let Some(why) = broken {
             self.abandon(tx).await;
-            self.health.failed(&why);
+            self.health.failed(why.clone());
             for job in done {
                 let _ = job.answer.send(Err(StorageError::Write(why.clone())));
             }
@@ -322,7 +290,7 @@ impl WriterTask {
             Err(e) => {
                 tracing::warn!(error = %e, "commit failed");
                 self.abandon(tx).await;
-                self.health.failed(&e.to_string());
+                self.health.failed(e.to_string());
                 for job in done {
                     let _ = job.answer.send(Err(failure(&e)));
                 }
