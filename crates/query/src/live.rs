@@ -55,9 +55,8 @@ impl Live {
             }
             match self.model.post_json(&post_id).await {
                 Ok(Some(post)) => {
-                    let _ = self
-                        .posts
-                        .send(LiveUpdate::Post(Arc::from(post.to_string())));
+                    let post = Arc::from(String::from_utf8_lossy(&post));
+                    let _ = self.posts.send(LiveUpdate::Post(post));
                 }
                 Ok(None) => {} // a comment whose post has not arrived yet
                 Err(e) => tracing::warn!(error = %e, "could not render a changed post"),

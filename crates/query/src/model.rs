@@ -170,14 +170,15 @@ impl ReadModel {
                 .fetch_all(self.db.pool())
                 .await?;
         }
-        let ids: Vec<&String> = marks.posts.iter().collect();
+        let ids: Vec<&str> = marks.posts.iter().map(String::as_str).collect();
         for chunk in ids.chunks(RENDER_CHUNK) {
-            let mut rendered = self.render(chunk).await?;
+            let mut rendered: HashMap<String, Bytes> =
+                self.render(chunk).await?.into_iter().collect();
             for id in chunk {
-                match rendered.remove(id.as_str()) {
-                    Some(post) => view.rendered.insert((*id).clone(), post),
+                match rendered.remove(*id) {
+                    Some(post) => view.rendered.insert((*id).to_owned(), post),
                     // A comment whose post has not arrived yet.
-                    None => view.rendered.remove(id.as_str()),
+                    None => view.rendered.remove(*id),
                 };
             }
         }
@@ -186,42 +187,24 @@ impl ReadModel {
 
     /// The posts `ids` rendered, in two queries whatever their number (a
     /// busy second changes thousands of posts).
-    async fn render(&self, ids: &[&String]) -> Result<HashMap<String, Bytes>, StorageError> {
+    async fn render(&self, ids: &[&str]) -> Result<Vec<(String, Bytes)>, StorageError> {
         let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
         let list = placeholders.join(", ");
         let mut conn = self.db.pool().acquire().await?;
         let mut posts = sqlx::query(AssertSqlSafe(format!(
             "SELECT id, title FROM posts WHERE id IN ({list})"
         )));
-        for id in ids {
-            posts = posts.bind(id.as_str());
-        }
-        let posts = posts.fetch_all(&mut *conn).await?;
         let mut comments = sqlx::query(AssertSqlSafe(format!(
             "SELECT id, post_id, content, status FROM comments WHERE post_id IN ({list})
              ORDER BY COALESCE(created_seq, 9223372036854775807), pos"
         )));
         for id in ids {
-            comments = comments.bind(id.as_str());
+            posts = posts.bind(*id);
+            comments = comments.bind(*id);
         }
-        let rows = comments.fetch_all(&mut *conn).await?;
-        let mut by_post: HashMap<String, Vec<Value>> = HashMap::new();
-        for row in rows {
-            let post_id: String = row.try_get("post_id")?;
-            by_post
-                .entry(post_id)
-                .or_default()
-                .push(comment_json(&row)?);
-        }
-        let mut out = HashMap::with_capacity(posts.len());
-        for row in posts {
-            let id: String = row.try_get("id")?;
-            let title: String = row.try_get("title")?;
-            let comments = by_post.remove(&id).unwrap_or_default();
-            let post = json!({"id": id, "title": title, "comments": comments});
-            out.insert(id, Bytes::from(post.to_string()));
-        }
-        Ok(out)
+        let posts = posts.fetch_all(&mut *conn).await?;
+        let comments = comments.fetch_all(&mut *conn).await?;
+        rendered(posts, comments)
     }
 
     async fn load_all(&self) -> Result<View, StorageError> {
@@ -229,58 +212,50 @@ impl ReadModel {
         let posts = sqlx::query("SELECT id, title FROM posts ORDER BY pos")
             .fetch_all(&mut *conn)
             .await?;
-        let rows = sqlx::query(
+        let comments = sqlx::query(
             "SELECT id, post_id, content, status FROM comments
              ORDER BY COALESCE(created_seq, 9223372036854775807), pos",
         )
         .fetch_all(&mut *conn)
         .await?;
-        let mut comments: HashMap<String, Vec<Value>> = HashMap::new();
-        for row in rows {
-            let post_id: String = row.try_get("post_id")?;
-            comments
-                .entry(post_id)
-                .or_default()
-                .push(comment_json(&row)?);
-        }
         let mut view = View::default();
-        for row in posts {
-            let id: String = row.try_get("id")?;
-            let title: String = row.try_get("title")?;
-            let comments = comments.remove(&id).unwrap_or_default();
-            let post = json!({"id": id, "title": title, "comments": comments});
-            view.rendered
-                .insert(id.clone(), Bytes::from(post.to_string()));
-            view.order.push(id);
+        for (id, post) in rendered(posts, comments)? {
+            view.order.push(id.clone());
+            view.rendered.insert(id, post);
         }
         Ok(view)
     }
 
     /// One post with its comments, or `None` until its `PostCreated` arrived.
-    pub async fn post_json(&self, id: &str) -> Result<Option<Value>, StorageError> {
-        let Some(post) = sqlx::query("SELECT id, title FROM posts WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.db.pool())
-            .await?
-        else {
-            return Ok(None);
-        };
-        let rows = sqlx::query(
-            "SELECT id, post_id, content, status FROM comments WHERE post_id = $1
-             ORDER BY COALESCE(created_seq, 9223372036854775807), pos",
-        )
-        .bind(id)
-        .fetch_all(self.db.pool())
-        .await?;
-        let comments = rows
-            .iter()
-            .map(comment_json)
-            .collect::<Result<Vec<_>, _>>()?;
-        let title: String = post.try_get("title")?;
-        Ok(Some(
-            json!({"id": id, "title": title, "comments": comments}),
-        ))
+    pub async fn post_json(&self, id: &str) -> Result<Option<Bytes>, StorageError> {
+        Ok(self.render(&[id]).await?.pop().map(|(_, post)| post))
     }
+}
+
+/// Posts (`id`, `title`) and their comments (`post_id` and the comment,
+/// in order), as each post's JSON, in the posts' order.
+fn rendered(
+    posts: Vec<blog_storage::AnyRow>,
+    comments: Vec<blog_storage::AnyRow>,
+) -> Result<Vec<(String, Bytes)>, StorageError> {
+    let mut by_post: HashMap<String, Vec<Value>> = HashMap::new();
+    for row in comments {
+        let post_id: String = row.try_get("post_id")?;
+        by_post
+            .entry(post_id)
+            .or_default()
+            .push(comment_json(&row)?);
+    }
+    posts
+        .into_iter()
+        .map(|row| {
+            let id: String = row.try_get("id")?;
+            let title: String = row.try_get("title")?;
+            let comments = by_post.remove(&id).unwrap_or_default();
+            let post = json!({"id": id, "title": title, "comments": comments});
+            Ok((id, Bytes::from(post.to_string())))
+        })
+        .collect()
 }
 
 /// Marks everything changed when dropped: a rebuild that did not finish
