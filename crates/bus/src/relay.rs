@@ -1,5 +1,6 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use blog_kit::CancellationToken;
@@ -25,11 +26,14 @@ pub const PUBLISH_WAIT: Duration = Duration::from_secs(2);
 /// What a service's outbox relay has done, shared with its routes (to answer
 /// once an event is on the bus) and its readiness check.
 pub struct RelayState {
-    /// The highest outbox sequence number this relay has published.
-    published: watch::Sender<i64>,
+    /// The outbox row up to which this relay has published, in order (a
+    /// database's one relay, SQLite).
+    published_through: AtomicI64,
     /// On a shared outbox (PostgreSQL), rows are not published in sequence
     /// order: the ones this relay published lately, one by one.
     published_rows: Mutex<BTreeSet<i64>>,
+    /// Bumped after each publish, to wake waiting writes.
+    publishes: watch::Sender<u64>,
     failing: Failing,
 }
 
@@ -39,22 +43,22 @@ const REMEMBERED: usize = 65_536;
 impl Default for RelayState {
     fn default() -> Self {
         Self {
-            published: watch::Sender::new(0),
+            published_through: AtomicI64::new(0),
             published_rows: Mutex::new(BTreeSet::new()),
+            publishes: watch::Sender::new(0),
             failing: Failing::default(),
         }
     }
 }
 
 impl RelayState {
-    fn published(&self, seq: i64) {
-        self.published.send_if_modified(|last| {
-            let newer = seq > *last;
-            if newer {
-                *last = seq;
-            }
-            newer
-        });
+    fn published_through(&self) -> i64 {
+        self.published_through.load(Ordering::Acquire)
+    }
+
+    fn published_in_order(&self, seq: i64) {
+        self.published_through.fetch_max(seq, Ordering::AcqRel);
+        self.publishes.send_modify(|n| *n += 1);
         self.healthy();
     }
 
@@ -65,8 +69,16 @@ impl RelayState {
                 rows.pop_first();
             }
         }
-        self.published.send_modify(|n| *n += 1);
+        self.publishes.send_modify(|n| *n += 1);
         self.healthy();
+    }
+
+    fn published(&self, seq: i64) -> bool {
+        self.published_through() >= seq
+            || self
+                .published_rows
+                .lock()
+                .is_ok_and(|rows| rows.contains(&seq))
     }
 
     fn healthy(&self) {
@@ -93,21 +105,14 @@ impl RelayState {
     /// shared outbox (PostgreSQL replicas) another replica's relay may
     /// publish it, so the row's absence counts too.
     pub async fn wait_published(&self, db: &Db, seq: i64, limit: Duration) {
-        let mut published = self.published.subscribe();
+        let mut publishes = self.publishes.subscribe();
         let shared = db.engine() == Engine::Postgres;
         let deadline = tokio::time::Instant::now() + limit;
         let mut look_in_db = shared;
         loop {
-            let latest = *published.borrow_and_update();
-            let done = if shared {
-                let here = self
-                    .published_rows
-                    .lock()
-                    .is_ok_and(|rows| rows.contains(&seq));
-                here || (look_in_db && matches!(outbox::waiting(db, seq).await, Ok(false)))
-            } else {
-                latest >= seq
-            };
+            publishes.borrow_and_update();
+            let done = self.published(seq)
+                || (look_in_db && matches!(outbox::waiting(db, seq).await, Ok(false)));
             if done {
                 return;
             }
@@ -117,7 +122,7 @@ impl RelayState {
                 tokio::time::sleep(Duration::from_millis(if shared { 20 } else { 1000 }));
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => return,
-                changed = published.changed() => {
+                changed = publishes.changed() => {
                     if changed.is_err() {
                         return;
                     }
@@ -150,15 +155,15 @@ pub async fn relay(
             Ok(()) => {
                 state.healthy();
                 backoff = Duration::from_millis(50);
-                let tidy_at = single.tidy_at();
+                let tidy_at = single.tidy_at(state.published_through());
                 tokio::select! {
                     () = shutdown.cancelled() => {
-                        single.tidy(&db).await;
+                        single.tidy(&db, state.published_through()).await;
                         return;
                     }
                     () = db.outbox_written() => {}
                     () = tokio::time::sleep(POLL) => {}
-                    () = blog_kit::retry::sleep_until(tidy_at), if tidy_at.is_some() => single.tidy(&db).await,
+                    () = blog_kit::retry::sleep_until(tidy_at), if tidy_at.is_some() => single.tidy(&db, state.published_through()).await,
                 }
             }
             Err(e) => {
@@ -203,19 +208,18 @@ async fn set_aside(db: &Db, batch: &[Pending], rejected: Vec<Rejected>) -> Resul
 /// (an fsync) of its own, and it need not be in any request's way.
 const TIDY_EVERY: Duration = Duration::from_millis(200);
 
-/// The one relay of a database (SQLite, one process): what it published,
-/// and what of that it deleted.
+/// The one relay of a database (SQLite, one process): how far it deleted
+/// what it published (how far it published is in [`RelayState`]).
 #[derive(Default)]
 struct Single {
-    published: i64,
     deleted: i64,
     last_tidy: Option<tokio::time::Instant>,
 }
 
 impl Single {
     /// When published rows should next be deleted, if any wait.
-    fn tidy_at(&self) -> Option<tokio::time::Instant> {
-        (self.published > self.deleted).then(|| {
+    fn tidy_at(&self, published: i64) -> Option<tokio::time::Instant> {
+        (published > self.deleted).then(|| {
             self.last_tidy
                 .map_or_else(tokio::time::Instant::now, |at| at + TIDY_EVERY)
         })
@@ -223,13 +227,13 @@ impl Single {
 
     /// Deletes published rows. A crash before it only means they are
     /// published again, which the bus recognises by event id.
-    async fn tidy(&mut self, db: &Db) {
-        if self.published <= self.deleted {
+    async fn tidy(&mut self, db: &Db, published: i64) {
+        if published <= self.deleted {
             return;
         }
         self.last_tidy = Some(tokio::time::Instant::now());
-        match outbox::remove_through(db, self.published).await {
-            Ok(()) => self.deleted = self.published,
+        match outbox::remove_through(db, published).await {
+            Ok(()) => self.deleted = published,
             Err(e) => tracing::warn!(error = %e, "could not delete relayed outbox rows"),
         }
     }
@@ -244,20 +248,19 @@ async fn drain_single(
     single: &mut Single,
 ) -> Result<(), Failure> {
     loop {
-        let batch = outbox::peek_after(db, single.published, BATCH).await?;
+        let batch = outbox::peek_after(db, state.published_through(), BATCH).await?;
         let Some(last) = batch.last().map(|p| p.seq) else {
             return Ok(());
         };
         let rejected = bus.publish_batch(&batch).await?;
         set_aside(db, &batch, rejected).await?;
-        state.published(last);
-        single.published = last;
+        state.published_in_order(last);
         tracing::debug!(events = batch.len(), "relayed");
         if single
-            .tidy_at()
+            .tidy_at(last)
             .is_some_and(|at| at <= tokio::time::Instant::now())
         {
-            single.tidy(db).await;
+            single.tidy(db, last).await;
         }
     }
 }
