@@ -18,10 +18,14 @@ ARG NODE_IMAGE=node:24.11.0-bookworm-slim
 # glibc 2.36 like the builder (bookworm); runs as uid 65532 (`nonroot`).
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 ARG CARGO_CHEF_VERSION=0.1.77
+# Parallel compile jobs in the Rust stages (`default`: one per core).
+# `--build-arg CARGO_BUILD_JOBS=1` keeps a build off a busy machine's cores.
+ARG CARGO_BUILD_JOBS=default
 
 # ---------------------------------------------------------------- Rust build
 FROM ${RUST_IMAGE} AS chef
 ARG CARGO_CHEF_VERSION
+ARG CARGO_BUILD_JOBS
 RUN cargo install cargo-chef --locked --version "${CARGO_CHEF_VERSION}"
 WORKDIR /src
 
@@ -33,6 +37,7 @@ COPY crates ./crates
 RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
+ARG CARGO_BUILD_JOBS
 COPY --from=planner /src/recipe.json recipe.json
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     cargo chef cook --release --recipe-path recipe.json --bin blog

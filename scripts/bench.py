@@ -26,7 +26,8 @@ PostgreSQL databases, all removed afterwards):
                writer creates --write-rate comments/s, at each of --reads-posts
                posts; plus the same wrk without writes as a baseline
   replay       seed >= --replay-events events in the log, stop (SIGTERM), delete
-               query's data only, start again and time until query shows it all
+               query's data only, start again and time until query shows it all;
+               then `blog replay query` rebuilds the same log while query runs
 
 Needs wrk (Debian package `wrk`); with --postgres, psql to drop the bench's
 databases. Python 3 standard library only."""
@@ -52,7 +53,7 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LUA = os.path.join(HERE, "bench")
-MEASURES = ["basics", "create", "propagation", "sequential", "burst", "reads", "replay"]
+MEASURES = ["basics", "create", "propagation", "sequential", "burst", "reads", "replay", "streams"]
 # Events in the log per post with k comments: PostCreated, then per comment
 # CommentCreated, CommentModerated and CommentUpdated.
 REPLAY_COMMENTS_PER_POST = 4
@@ -711,7 +712,13 @@ def m_replay(args, s):
     t_done, polls, _ = wait_query(s, lambda p, c, d, b: (p, c, d) == target, args.timeout, "replay", 0.02)
     replay_s = t_done - s.t_spawn
     final = Http(s.ports["query"]).get("/posts")[1]
+    # The same log again, while query runs: `blog replay query`.
+    rebuild = subprocess.run([args.bin, "replay", "query", "--json", "--query-url", s.url("query")],
+                             capture_output=True, text=True, timeout=args.timeout)
+    rebuilt = json.loads(rebuild.stdout) if rebuild.returncode == 0 else {"error": rebuild.stderr.strip()}
+    rebuilt["view_identical_after_rebuild"] = Http(s.ports["query"]).get("/posts")[1] == snapshot
     return {
+        "online_rebuild": rebuilt,
         "events_in_log": events, "posts": n_posts, "comments": n_comments,
         "seed_s": round(seed_s, 2), "seed_writes_per_s": round((n_posts + n_comments) / seed_s, 1),
         "converged_after_seed_s": round(t_conv - t_last, 2),
@@ -725,6 +732,107 @@ def m_replay(args, s):
         "note": "replay_s: from spawning `blog up` again (query's data deleted) to the first GET /posts showing "
                 "every post and decided comment; events_per_s = events_in_log / replay_s",
     }
+
+
+class LiveReaders:
+    """Open live streams (GET /posts/live on query), each read to the end
+    of what arrives, in one thread: what 2,000 open browser tabs do."""
+
+    def __init__(self, port, n):
+        import selectors
+        self.sel = selectors.EpollSelector()
+        self.socks = []
+        self.bytes = 0
+        self.stop = threading.Event()
+        for _ in range(n):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"GET /posts/live HTTP/1.1\r\nHost: bench\r\n\r\n")
+            sock.setblocking(False)
+            self.sel.register(sock, selectors.EVENT_READ)
+            self.socks.append(sock)
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop.is_set():
+            for key, _ in self.sel.select(timeout=0.2):
+                try:
+                    data = key.fileobj.recv(1 << 16)
+                except BlockingIOError:
+                    continue
+                self.bytes += len(data)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+        for sock in self.socks:
+            self.sel.unregister(sock)
+            sock.close()
+
+
+def settle(readers, quiet_s=1.0, limit_s=120):
+    """Waits until the streams have read what they were sent (their
+    snapshots): no new bytes for quiet_s."""
+    t0 = time.time()
+    last, still_since = -1, time.time()
+    while time.time() - t0 < limit_s:
+        if readers.bytes != last:
+            last, still_since = readers.bytes, time.time()
+        elif time.time() - still_since >= quiet_s:
+            return
+        time.sleep(0.1)
+
+
+def m_streams(args, s):
+    s.start()
+    ids, _ = seed_posts(s, 100)
+    wait_query(s, lambda p, c, d, b: p == 100, args.timeout, "100 posts")
+    out = {"streams": args.streams}
+    out["rss_before_mib"] = s.rss_mib()
+    out["without_streams"] = wrk_brief(
+        wrk(args, s.url("comments"), 2, 16, args.duration, "comments.lua", [ids_file(s, ids)]))
+    # Memory: the streams open, read their snapshots and sit idle; then
+    # close. Nothing is written meanwhile, so what stays is what the
+    # streams kept, not data the writes added. One stream first, so that
+    # what the first stream builds once (the snapshot, query's rendered
+    # posts and page cache) counts before.
+    first = LiveReaders(s.ports["query"], 1)
+    settle(first)
+    time.sleep(6)  # the allocator is looked at every 5 s
+    out["rss_before_streams_mib"] = s.rss_mib()
+    readers = LiveReaders(s.ports["query"], args.streams)
+    settle(readers)
+    out["rss_streams_open_mib"] = s.rss_mib()
+    readers.close()
+    time.sleep(15)
+    out["rss_after_streams_closed_mib"] = s.rss_mib()
+    # Writes while the streams are open (once they have their snapshots):
+    # every change is fanned out to all of them.
+    readers = LiveReaders(s.ports["query"], args.streams)
+    settle(readers)
+    snapshots = readers.bytes
+    out["with_streams"] = wrk_brief(
+        wrk(args, s.url("comments"), 2, 16, args.duration, "comments.lua", [ids_file(s, ids)]))
+    out["rss_after_writes_mib"] = s.rss_mib()
+    out["bytes_read_by_streams"] = readers.bytes
+    out["bytes_of_changes_read_by_streams"] = readers.bytes - snapshots
+    readers.close()
+    first.close()
+    time.sleep(15)
+    out["rss_after_writes_and_streams_closed_mib"] = s.rss_mib()
+    # Every run adds comments, and each change re-renders posts that grow:
+    # the same run again without streams, so that the run with streams is
+    # compared with the mean of the runs before and after it, at about its
+    # own data size.
+    out["without_streams_after"] = wrk_brief(
+        wrk(args, s.url("comments"), 2, 16, args.duration, "comments.lua", [ids_file(s, ids)]))
+    base = round((out["without_streams"]["p99_ms"] + out["without_streams_after"]["p99_ms"]) / 2, 3)
+    out["without_streams_p99_mean_ms"] = base
+    loaded = out["with_streams"]["p99_ms"]
+    out["write_p99_change_pct"] = round((loaded - base) / base * 100, 1) if base else None
+    before, after = out["rss_before_streams_mib"], out["rss_after_streams_closed_mib"]
+    out["rss_after_close_change_pct"] = round((after - before) / before * 100, 1) if before else None
+    return out
 
 
 def m_reads(args, make_system):
@@ -807,6 +915,17 @@ def human(results):
     if rp and "error" not in rp:
         add(f"replay of {rp['events_in_log']:,} events", f"{rp['events_per_s']:,.0f} events/s "
                                                          f"({rp['replay_s']} s; seeding took {rp['seed_s']} s)")
+        ob = rp.get("online_rebuild", {})
+        if "eventsPerSecond" in ob:
+            add(f"`blog replay query` of {ob['read']:,} events", f"{ob['eventsPerSecond']:,.0f} events/s "
+                                                                f"({ob['elapsedMs'] / 1000} s, query serving)")
+    st = g(r, "streams")
+    if st and "error" not in st:
+        add(f"comment creation with {st['streams']:,} live streams open",
+            f"p99 {st['without_streams_p99_mean_ms']} (mean of the runs before and after) -> {st['with_streams']['p99_ms']} ms "
+            f"({st['write_p99_change_pct']:+} %), {st['without_streams']['rps']:,.0f} -> "
+            f"{st['with_streams']['rps']:,.0f}/s; idle streams: RSS {st['rss_before_streams_mib']} -> {st['rss_streams_open_mib']} -> "
+            f"{st['rss_after_streams_closed_mib']} MiB (before / open / closed, {st['rss_after_close_change_pct']:+} %)")
     for name, rr in r.items():
         if isinstance(rr, dict) and "error" in rr:
             add(f"{name}", f"ERROR {rr['error'][:100]}")
@@ -832,6 +951,7 @@ def main():
                     help="keep-alive connections of the paced writer (enough to keep the rate at high latency)")
     ap.add_argument("--reads-posts", default="100,10000", help="post counts for the reads measure")
     ap.add_argument("--replay-events", type=int, default=100_000, help="at least this many events in the replayed log")
+    ap.add_argument("--streams", type=int, default=2000, help="live streams open during the streams measure")
     ap.add_argument("--timeout", type=float, default=900, help="seconds to wait for any one convergence")
     ap.add_argument("--logs", help="keep the servers' logs in this directory (default: a temporary one, removed)")
     ap.add_argument("--log-level", default="warn", help="BLOG_LOG for the servers")
@@ -860,7 +980,7 @@ def main():
 
     fns = {
         "basics": m_basics, "create": m_create, "propagation": m_propagation, "sequential": m_sequential,
-        "burst": m_burst, "replay": m_replay,
+        "burst": m_burst, "replay": m_replay, "streams": m_streams,
     }
     results = {}
     try:

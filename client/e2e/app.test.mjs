@@ -3,6 +3,8 @@
 // Needs: target/debug/blog (or BLOG_BIN), client/dist (npm run build),
 // /usr/bin/chromium (or CHROMIUM).
 
+/* global document, window -- the page.evaluate callbacks run in the browser */
+
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -23,15 +25,24 @@ let gateway;
 let dataDir;
 let upArgs;
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
+// Free ports for the parts. Every listener stays open until the last is
+// bound: a port released before the next is asked for can be handed out
+// again, and two parts then race for it.
+async function freePorts(count) {
+  const held = [];
+  try {
+    for (let i = 0; i < count; i++) {
+      const s = net.createServer();
+      held.push(s);
+      await new Promise((resolve, reject) => {
+        s.once('error', reject);
+        s.listen(0, '127.0.0.1', resolve);
+      });
+    }
+    return held.map((s) => s.address().port);
+  } finally {
+    await Promise.all(held.map((s) => new Promise((resolve) => s.close(() => resolve()))));
+  }
 }
 
 async function waitFor(check, what, timeoutMs = 30000) {
@@ -52,8 +63,8 @@ before(async () => {
   assert.ok(fs.existsSync(path.join(dist, 'index.html')), 'client/dist is missing: npm run build');
   dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'blog-e2e-'));
   const names = ['gateway', 'posts', 'comments', 'query', 'moderation', 'event-bus'];
-  const ports = {};
-  for (const n of names) ports[n] = await freePort();
+  const free = await freePorts(names.length);
+  const ports = Object.fromEntries(names.map((n, i) => [n, free[i]]));
   const args = ['up', '--data-dir', dataDir, '--client-dir', dist];
   for (const n of names) args.push(`--${n}-port`, String(ports[n]));
   upArgs = args;
@@ -82,7 +93,11 @@ after(async () => {
 
 async function startServer() {
   server = spawn(bin, upArgs, { env: { ...process.env, BLOG_LOG: 'warn' }, stdio: ['ignore', 'inherit', 'inherit'] });
-  await waitFor(async () => (await fetch(`${gateway}/posts`)).ok, 'blog up');
+  // A server that exits while starting fails the wait at once, not after its timeout.
+  let exitCode = null;
+  server.once('exit', (code, signal) => (exitCode = code ?? signal));
+  await waitFor(async () => exitCode !== null || (await fetch(`${gateway}/posts`)).ok, 'blog up');
+  if (exitCode !== null) throw new Error(`blog up exited while starting (${exitCode})`);
 }
 
 async function stopServer() {

@@ -17,6 +17,13 @@ async function caught(promise: Promise<unknown>): Promise<ApiError> {
   throw new Error('expected the request to fail');
 }
 
+/** The JSON a stubbed fetch was sent. */
+function sentJson(init?: RequestInit): unknown {
+  const body = init?.body;
+  if (typeof body !== 'string') throw new Error('expected a string body');
+  return JSON.parse(body);
+}
+
 describe('createPost', () => {
   it('POSTs {title} as JSON to the same-origin /posts/create', async () => {
     const fetch = stubFetch(() => jsonResponse(201, { id: 'p1', title: 'Hi' }));
@@ -24,17 +31,14 @@ describe('createPost', () => {
     const [url, init] = fetch.mock.calls[0];
     expect(url).toBe('/posts/create');
     expect(init?.method).toBe('POST');
-    expect(JSON.parse(String(init?.body))).toEqual({ title: 'Hi' });
+    expect(sentJson(init)).toEqual({ title: 'Hi' });
     expect((init?.headers as Record<string, string>)['Content-Type']).toBe('application/json');
   });
 
   it('turns a 4xx error list into field messages', async () => {
     stubFetch(() =>
       jsonResponse(400, {
-        errors: [
-          { message: 'title must not be empty', field: 'title' },
-          { message: 'something else' },
-        ],
+        errors: [{ message: 'title must not be empty', field: 'title' }, { message: 'something else' }],
       }),
     );
     const err = await caught(createPost(''));
@@ -82,20 +86,37 @@ describe('createComment', () => {
     await expect(createComment('a/b', 'hi')).resolves.toEqual(comments);
     const [url, init] = fetch.mock.calls[0];
     expect(url).toBe('/posts/a%2Fb/comments');
-    expect(JSON.parse(String(init?.body))).toEqual({ content: 'hi' });
+    expect(sentJson(init)).toEqual({ content: 'hi' });
   });
 });
 
 describe('fetchPostsText', () => {
-  it('returns the raw body of GET /posts', async () => {
-    stubFetch((url) => (url === '/posts' ? new Response('{"b":{},"a":{}}') : new Response('', { status: 404 })));
-    await expect(fetchPostsText()).resolves.toBe('{"b":{},"a":{}}');
+  it('GETs /posts and returns the raw body, keys in the order sent', async () => {
+    const fetch = stubFetch((url) => (url === '/posts' ? new Response('{"b":{},"1":{}}') : new Response('', { status: 404 })));
+    await expect(fetchPostsText()).resolves.toBe('{"b":{},"1":{}}');
+    const [, init] = fetch.mock.calls[0];
+    expect(init?.method).toBeUndefined();
+    expect(init?.headers).toEqual({ Accept: 'application/json' });
   });
 
-  it('fails as unreachable when the network is down', async () => {
+  it('hands on a 2xx body that is not JSON for the caller to judge', async () => {
+    stubFetch(() => new Response('<html></html>'));
+    await expect(fetchPostsText()).resolves.toBe('<html></html>');
+  });
+
+  it('fails as unreachable when the network is down or the gateway answers 502', async () => {
     stubFetch(() => {
       throw new TypeError('Failed to fetch');
     });
     expect((await caught(fetchPostsText())).kind).toBe('unreachable');
+    stubFetch(() => new Response('<html>bad gateway</html>', { status: 502 }));
+    expect((await caught(fetchPostsText())).kind).toBe('unreachable');
+  });
+
+  it('reports a 500 as a server problem', async () => {
+    stubFetch(() => new Response('oops', { status: 500 }));
+    const err = await caught(fetchPostsText());
+    expect(err.kind).toBe('server');
+    expect(err.status).toBe(500);
   });
 });

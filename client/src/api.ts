@@ -6,7 +6,8 @@ export type CommentStatus = 'pending' | 'approved' | 'rejected';
 export interface Comment {
   id: string;
   content: string;
-  status: CommentStatus | string;
+  /** A `CommentStatus`, or one this page does not know (shown as pending). */
+  status: string;
 }
 
 export interface Post {
@@ -62,7 +63,44 @@ function isFieldErrorList(value: unknown): value is { errors: FieldError[] } {
   );
 }
 
-async function request<T>(path: string, init?: RequestInit): Promise<T> {
+function parseJson(text: string): unknown {
+  if (!text) return undefined;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/** How the body of a 2xx answer becomes the result: JSON by default. */
+type ReadBody<T> = (text: string, status: number) => T;
+
+function readJson<T>(text: string, status: number): T {
+  const body = parseJson(text);
+  if (body === undefined) {
+    throw new ApiError('server', `The server sent an unexpected answer (${status}).`, status);
+  }
+  return body as T;
+}
+
+/** The error for an answer that is not 2xx. */
+function failure(status: number, text: string): ApiError {
+  const body = parseJson(text);
+  if (status >= 400 && status < 500 && isFieldErrorList(body)) {
+    const errors = body.errors.map((e) => ({ message: e.message, field: typeof e.field === 'string' ? e.field : undefined }));
+    return new ApiError('invalid', errors.map((e) => e.message).join('; ') || 'The request was refused.', status, errors);
+  }
+  if (status === 502 || status === 503 || status === 504) {
+    return new ApiError('unreachable', 'The service is not available right now. Try again in a moment.', status);
+  }
+  if (status >= 400 && status < 500) {
+    return new ApiError('invalid', `The request was refused (${status}).`, status);
+  }
+  return new ApiError('server', `The server had a problem (${status}). Try again.`, status);
+}
+
+/** Every call to the API goes through here: one place for headers and errors. */
+async function request<T>(path: string, init?: RequestInit, read: ReadBody<T> = readJson): Promise<T> {
   let response: Response;
   try {
     response = await fetch(path, {
@@ -72,35 +110,9 @@ async function request<T>(path: string, init?: RequestInit): Promise<T> {
   } catch {
     throw new ApiError('unreachable', UNREACHABLE_MESSAGE);
   }
-
-  let body: unknown = undefined;
   const text = await response.text().catch(() => '');
-  if (text) {
-    try {
-      body = JSON.parse(text);
-    } catch {
-      body = undefined;
-    }
-  }
-
-  if (response.ok) {
-    if (body === undefined) {
-      throw new ApiError('server', `The server sent an unexpected answer (${response.status}).`, response.status);
-    }
-    return body as T;
-  }
-
-  if (response.status >= 400 && response.status < 500 && isFieldErrorList(body)) {
-    const errors = body.errors.map((e) => ({ message: e.message, field: typeof e.field === 'string' ? e.field : undefined }));
-    throw new ApiError('invalid', errors.map((e) => e.message).join('; ') || 'The request was refused.', response.status, errors);
-  }
-  if (response.status === 502 || response.status === 503 || response.status === 504) {
-    throw new ApiError('unreachable', 'The service is not available right now. Try again in a moment.', response.status);
-  }
-  if (response.status >= 400 && response.status < 500) {
-    throw new ApiError('invalid', `The request was refused (${response.status}).`, response.status);
-  }
-  throw new ApiError('server', `The server had a problem (${response.status}). Try again.`, response.status);
+  if (!response.ok) throw failure(response.status, text);
+  return read(text, response.status);
 }
 
 /** `POST /posts/create` → 201 `{id,title}` */
@@ -118,17 +130,5 @@ export async function createComment(postId: string, content: string): Promise<Co
 
 /** `GET /posts` as raw text, so the order of the keys (creation order) is kept. */
 export async function fetchPostsText(): Promise<string> {
-  let response: Response;
-  try {
-    response = await fetch('/posts', { headers: { Accept: 'application/json' } });
-  } catch {
-    throw new ApiError('unreachable', UNREACHABLE_MESSAGE);
-  }
-  if (response.status === 502 || response.status === 503 || response.status === 504) {
-    throw new ApiError('unreachable', 'The service is not available right now.', response.status);
-  }
-  if (!response.ok) {
-    throw new ApiError('server', `The server had a problem (${response.status}).`, response.status);
-  }
-  return response.text();
+  return request('/posts', undefined, (text) => text);
 }

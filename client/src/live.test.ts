@@ -102,6 +102,37 @@ describe('connectLive', () => {
     expect(FakeEventSource.instances).toHaveLength(5);
   });
 
+  it('says live updates are unavailable when GET /posts answers but no stream ever comes, and refreshes steadily', async () => {
+    const fetch = stubFetch(() => new Response(JSON.stringify(snapshot)));
+    // A course back end answers 404 for /posts/live: the browser gives up at once.
+    start({ baseDelayMs: 60000, maxDelayMs: 60000, pollMs: 2000, slowStartMs: 1e9 });
+    FakeEventSource.latest().fail();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(statuses.at(-1)).toBe('unavailable');
+    expect(actions.at(-1)).toMatchObject({ type: 'snapshot', order: ['p1'] });
+    const loads = fetch.mock.calls.length;
+
+    // No stream meanwhile: the posts are loaded again on the interval.
+    await vi.advanceTimersByTimeAsync(6000);
+    expect(fetch.mock.calls.length).toBe(loads + 3);
+    expect(statuses.at(-1)).toBe('unavailable');
+
+    // The stream is tried again now and then; failing, it stays unavailable
+    // and never goes back to "Connecting…".
+    await vi.advanceTimersByTimeAsync(60000);
+    FakeEventSource.latest().fail();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(statuses.slice(statuses.indexOf('unavailable'))).not.toContain('connecting');
+
+    // A stream that works makes it live, and the polling stops.
+    await vi.advanceTimersByTimeAsync(60000);
+    FakeEventSource.latest().send('snapshot', snapshot);
+    expect(statuses.at(-1)).toBe('live');
+    const before = fetch.mock.calls.length;
+    await vi.advanceTimersByTimeAsync(10000);
+    expect(fetch.mock.calls.length).toBe(before);
+  });
+
   it('says offline when the server cannot be reached at all', async () => {
     stubFetch(() => {
       throw new TypeError('Failed to fetch');

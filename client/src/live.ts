@@ -2,13 +2,16 @@
 // The browser's EventSource reconnects by itself after a dropped connection;
 // when it gives up (an HTTP error, e.g. the gateway answering 502 while query
 // restarts, or a server without /posts/live) we reconnect ourselves with
-// back-off, and load GET /posts meanwhile so the page is never empty.
+// back-off, and load GET /posts meanwhile so the page is never empty. A
+// server that answers GET /posts but never gave a stream (a course back end
+// has no /posts/live) is "live updates unavailable": the page then refreshes
+// from GET /posts on a steady interval, and still tries the stream now and then.
 
 import { useEffect, useState } from 'react';
 import { ApiError, fetchPostsText } from './api';
 import { parseSnapshot, toPost, type Action } from './state';
 
-export type LiveStatus = 'connecting' | 'live' | 'reconnecting' | 'offline';
+export type LiveStatus = 'connecting' | 'live' | 'reconnecting' | 'unavailable' | 'offline';
 
 export const LIVE_URL = '/posts/live';
 
@@ -18,12 +21,14 @@ export interface LiveOptions {
   maxDelayMs?: number;
   /** Load GET /posts if no snapshot has arrived after this long. */
   slowStartMs?: number;
+  /** Without a stream, refresh from GET /posts this often. */
+  pollMs?: number;
 }
 
 export function connectLive(
   dispatch: (action: Action) => void,
   onStatus: (status: LiveStatus) => void,
-  { baseDelayMs = 1000, maxDelayMs = 15000, slowStartMs = 3000 }: LiveOptions = {},
+  { baseDelayMs = 1000, maxDelayMs = 15000, slowStartMs = 3000, pollMs = 5000 }: LiveOptions = {},
 ): () => void {
   let source: EventSource | null = null;
   let timer: ReturnType<typeof setTimeout> | null = null;
@@ -31,6 +36,12 @@ export function connectLive(
   let stopped = false;
   let everConnected = false;
   let liveNow = false;
+  let poll: ReturnType<typeof setInterval> | null = null;
+
+  const stopPolling = () => {
+    if (poll) clearInterval(poll);
+    poll = null;
+  };
 
   const applySnapshotText = (text: string) => {
     try {
@@ -45,6 +56,11 @@ export function connectLive(
       const text = await fetchPostsText();
       // A live snapshot that came meanwhile is newer: keep it.
       if (!stopped && !liveNow) applySnapshotText(text);
+      // The server answers but has never streamed: it has no live updates.
+      if (!stopped && !everConnected && !liveNow) {
+        onStatus('unavailable');
+        poll ??= setInterval(() => void fallbackLoad(), pollMs);
+      }
       return true;
     } catch (err) {
       if (!stopped && err instanceof ApiError && err.kind === 'unreachable') onStatus('offline');
@@ -64,6 +80,7 @@ export function connectLive(
       everConnected = true;
       liveNow = true;
       attempt = 0;
+      stopPolling();
       applySnapshotText((event as MessageEvent<string>).data);
       onStatus('live');
     });
@@ -82,14 +99,14 @@ export function connectLive(
         // The browser gave up on this stream: retry ourselves.
         es.close();
         source = null;
-        onStatus(everConnected ? 'reconnecting' : 'connecting');
+        onStatus(everConnected ? 'reconnecting' : poll ? 'unavailable' : 'connecting');
         void fallbackLoad();
         const delay = Math.min(maxDelayMs, baseDelayMs * 2 ** attempt);
         attempt += 1;
         timer = setTimeout(open, delay);
       } else {
         // Still CONNECTING: the browser retries on its own.
-        onStatus(everConnected ? 'reconnecting' : 'connecting');
+        onStatus(everConnected ? 'reconnecting' : poll ? 'unavailable' : 'connecting');
       }
     });
   };
@@ -106,6 +123,7 @@ export function connectLive(
     stopped = true;
     clearTimeout(slowStart);
     if (timer) clearTimeout(timer);
+    stopPolling();
     source?.close();
   };
 }
@@ -116,9 +134,10 @@ export function useLiveUpdates(dispatch: (action: Action) => void, options?: Liv
   const base = options?.baseDelayMs;
   const max = options?.maxDelayMs;
   const slow = options?.slowStartMs;
+  const poll = options?.pollMs;
   useEffect(
-    () => connectLive(dispatch, setStatus, { baseDelayMs: base, maxDelayMs: max, slowStartMs: slow }),
-    [dispatch, base, max, slow],
+    () => connectLive(dispatch, setStatus, { baseDelayMs: base, maxDelayMs: max, slowStartMs: slow, pollMs: poll }),
+    [dispatch, base, max, slow, poll],
   );
   return status;
 }

@@ -12,7 +12,10 @@ describe('reducer', () => {
   const snapshot = (text: string) => parseSnapshot(text);
 
   it('applies a snapshot in creation order', () => {
-    const state = reducer(initialState, snapshot('{"p2":{"id":"p2","title":"two","comments":[]},"1":{"id":"1","title":"one","comments":[]}}'));
+    const state = reducer(
+      initialState,
+      snapshot('{"p2":{"id":"p2","title":"two","comments":[]},"1":{"id":"1","title":"one","comments":[]}}'),
+    );
     expect(postsInOrder(state).map((p) => p.title)).toEqual(['two', 'one']);
     expect(state.loaded).toBe(true);
   });
@@ -26,15 +29,24 @@ describe('reducer', () => {
   });
 
   it('never moves a comment back to pending', () => {
-    let state = reducer(initialState, { type: 'post', post: { id: 'p', title: 't', comments: [{ id: 'c', content: 'x', status: 'approved' }] } });
-    state = reducer(state, { type: 'post', post: { id: 'p', title: 't', comments: [{ id: 'c', content: 'x', status: 'pending' }] } });
+    let state = reducer(initialState, {
+      type: 'post',
+      post: { id: 'p', title: 't', comments: [{ id: 'c', content: 'x', status: 'approved' }] },
+    });
+    state = reducer(state, {
+      type: 'post',
+      post: { id: 'p', title: 't', comments: [{ id: 'c', content: 'x', status: 'pending' }] },
+    });
     expect(state.posts.p.comments[0].status).toBe('approved');
   });
 
   it('adds a live post last and updates a known one in place', () => {
     let state = reducer(initialState, snapshot('{"a":{"id":"a","title":"A","comments":[]}}'));
     state = reducer(state, { type: 'post', post: { id: 'b', title: 'B', comments: [] } });
-    state = reducer(state, { type: 'post', post: { id: 'a', title: 'A', comments: [{ id: 'c', content: 'hi', status: 'pending' }] } });
+    state = reducer(state, {
+      type: 'post',
+      post: { id: 'a', title: 'A', comments: [{ id: 'c', content: 'hi', status: 'pending' }] },
+    });
     expect(postsInOrder(state).map((p) => [p.id, p.comments.length])).toEqual([
       ['a', 1],
       ['b', 0],
@@ -44,7 +56,10 @@ describe('reducer', () => {
 
 describe('comments from a POST answer', () => {
   const base = () =>
-    reducer(initialState, parseSnapshot('{"p":{"id":"p","title":"t","comments":[{"id":"c1","content":"a","status":"approved"}]}}'));
+    reducer(
+      initialState,
+      parseSnapshot('{"p":{"id":"p","title":"t","comments":[{"id":"c1","content":"a","status":"approved"}]}}'),
+    );
 
   it('applies the returned list and keeps a new comment until query has it', () => {
     let state = reducer(base(), {
@@ -58,10 +73,16 @@ describe('comments from a POST answer', () => {
     expect(state.posts.p.comments.map((c) => c.id)).toEqual(['c1', 'c2']);
     expect(state.unconfirmed).toEqual({ c2: true });
     // query's older copy of the post, without c2, does not drop it
-    state = reducer(state, { type: 'post', post: { id: 'p', title: 't', comments: [{ id: 'c1', content: 'a', status: 'approved' }] } });
+    state = reducer(state, {
+      type: 'post',
+      post: { id: 'p', title: 't', comments: [{ id: 'c1', content: 'a', status: 'approved' }] },
+    });
     expect(state.posts.p.comments.map((c) => c.id)).toEqual(['c1', 'c2']);
     // nor does a snapshot
-    state = reducer(state, parseSnapshot('{"p":{"id":"p","title":"t","comments":[{"id":"c1","content":"a","status":"approved"}]}}'));
+    state = reducer(
+      state,
+      parseSnapshot('{"p":{"id":"p","title":"t","comments":[{"id":"c1","content":"a","status":"approved"}]}}'),
+    );
     expect(state.posts.p.comments.map((c) => c.id)).toEqual(['c1', 'c2']);
     // once query lists it, query's copy wins
     state = reducer(state, {

@@ -76,9 +76,7 @@ export function toPost(raw: unknown): Post | null {
   if (typeof raw !== 'object' || raw === null) return null;
   const p = raw as Record<string, unknown>;
   if (typeof p.id !== 'string') return null;
-  const comments = Array.isArray(p.comments)
-    ? p.comments.map(toComment).filter((c): c is Comment => c !== null)
-    : [];
+  const comments = Array.isArray(p.comments) ? p.comments.map(toComment).filter((c): c is Comment => c !== null) : [];
   return { id: p.id, title: typeof p.title === 'string' ? p.title : '', comments };
 }
 

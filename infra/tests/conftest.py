@@ -289,3 +289,138 @@ def blog_bin(required=True):
 @functools.cache
 def blog_help(*args):
     return subprocess.run([blog_bin(), *args, "--help"], check=True, capture_output=True, text=True).stdout
+
+
+# ------------------------------------------------------------ NATS and sizes
+
+
+class NatsVar(str):
+    """An unquoted `$NAME` in a nats-server config: a variable that the server
+    resolves from the config or, failing that, from its environment."""
+
+
+def nats_conf(text):
+    """nats-server's configuration format, the subset a config file here uses:
+    maps ({}), arrays ([]), `key: value`, `key = value` and `key value`,
+    quoted and bare strings, `#` and `//` comments. Bare `$NAME` values come
+    back as NatsVar("NAME"); every other scalar as the string it reads."""
+    pos = 0
+    n = len(text)
+
+    def skip(separators=""):
+        nonlocal pos
+        while pos < n:
+            c = text[pos]
+            if c.isspace() or c in separators:
+                pos += 1
+            elif c == "#" or text.startswith("//", pos):
+                while pos < n and text[pos] != "\n":
+                    pos += 1
+            else:
+                return
+
+    def quoted():
+        nonlocal pos
+        quote = text[pos]
+        end = text.index(quote, pos + 1)
+        value = text[pos + 1 : end]
+        pos = end + 1
+        return value
+
+    def bare(stops):
+        nonlocal pos
+        start = pos
+        while pos < n and not text[pos].isspace() and text[pos] not in stops:
+            pos += 1
+        return text[start:pos]
+
+    def value():
+        nonlocal pos
+        c = text[pos]
+        if c == "{":
+            pos += 1
+            return mapping("}")
+        if c == "[":
+            pos += 1
+            items = []
+            while True:
+                skip(",;")
+                if text[pos] == "]":
+                    pos += 1
+                    return items
+                items.append(value())
+        if c in "\"'":
+            return quoted()
+        word = bare(",;}]")
+        return NatsVar(word[1:]) if word.startswith("$") else word
+
+    def mapping(close):
+        nonlocal pos
+        result = {}
+        while True:
+            skip(",;")
+            if pos >= n:
+                assert close is None, "unterminated map"
+                return result
+            if close and text[pos] == close:
+                pos += 1
+                return result
+            key = quoted() if text[pos] in "\"'" else bare(":={")
+            while pos < n and text[pos] in " \t":
+                pos += 1
+            if text[pos] in ":=":
+                pos += 1
+            skip()
+            assert key not in result, f"{key} given twice"
+            result[key] = value()
+
+    return mapping(None)
+
+
+def nats_subject_matches(pattern, subject):
+    """Whether a NATS subject pattern (`*` one token, `>` the rest) covers a subject."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s) or (token != "*" and token != s[i]):
+            return False
+    return len(p) == len(s)
+
+
+def nats_size(value):
+    """A size in nats-server's config: a bare k, m, g, t is a power of 1000;
+    kb, ki, kib (and the m, g, t forms) are powers of 1024, in any case."""
+    m = re.fullmatch(r"(\d+)\s*([a-zA-Z]*)", str(value).strip())
+    assert m, f"not a size: {value!r}"
+    number, suffix = int(m.group(1)), m.group(2).lower()
+    powers = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+    if suffix in powers:
+        return number * 1000 ** powers[suffix]
+    if suffix[:1] in "kmgt" and suffix[1:] in ("b", "i", "ib"):
+        return number * 1024 ** powers[suffix[0]]
+    raise AssertionError(f"unknown size unit in {value!r}")
+
+
+def binary_size(value):
+    """A size as the blog reads BLOG_NATS_MAX_BYTES: bytes, or KiB, MiB, GiB, TiB."""
+    m = re.fullmatch(r"(\d+)(KiB|MiB|GiB|TiB)?", str(value).strip())
+    assert m, f"not a size the blog reads: {value!r}"
+    return int(m.group(1)) * 1024 ** (["KiB", "MiB", "GiB", "TiB"].index(m.group(2)) + 1 if m.group(2) else 0)
+
+
+def quantity_bytes(value):
+    """A Kubernetes quantity of bytes (10Gi, 512Mi, 1G, 1000)."""
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?", str(value))
+    assert m, f"not a byte quantity: {value!r}"
+    factors = {None: 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    return int(m.group(1)) * factors[m.group(2)]
+
+
+def secret_refs(container):
+    """{env name: (Secret, key)} for the variables a container reads from Secrets."""
+    return {
+        e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for e in container.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }

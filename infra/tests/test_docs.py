@@ -1,8 +1,11 @@
 """docs/deploy.md names only things that exist: its paths, overlays,
 Deployments, Dockerfile targets and images; and it covers what the issue
 asks (Docker Desktop, minikube, kind, ingress-nginx, the hosts entry,
-skaffold dev, kubectl apply -k, kubectl rollout restart)."""
+skaffold dev, kubectl apply -k, kubectl rollout restart), and that its
+Monitoring section names the manifests' annotations, settings and
+PodMonitor and the dashboard's panels as they are."""
 
+import json
 import re
 import subprocess
 
@@ -67,3 +70,25 @@ def test_the_smoke_script_is_valid_bash_and_counts_its_checks():
     subprocess.run(["bash", "-n", str(ROOT / "infra/smoke.sh")], check=True)
     assert len(re.findall(r'^ok "', script, re.MULTILINE)) == 5
     assert "smoke: 5 passed, 0 failed" in DOC
+
+
+def test_the_monitoring_section_names_what_the_manifests_and_the_dashboard_have():
+    section = DOC.split("## 8. Monitoring\n", 1)[1].split("\n## ", 1)[0]
+    flat = " ".join(section.split())
+    for needle in ('prometheus.io/scrape: "true"', "prometheus.io/path: /metrics", "infra/grafana/blog-dashboard.json"):
+        assert needle in section, needle
+    assert "components:\n  - ../../components/monitoring" in section, "the opt-in, as an overlay writes it"
+    assert (ROOT / "infra/k8s/overlays/production/../../components/monitoring/kustomization.yaml").exists(), "relative to an overlay"
+    settings = yaml.safe_load((ROOT / "infra/k8s/overlays/production/settings.yaml").read_text())["data"]
+    assert f"`monitoring-namespace: {settings['monitoring-namespace']}`" in flat
+    monitor = yaml.safe_load((ROOT / "infra/k8s/components/monitoring/pod-monitor.yaml").read_text())
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert f"PodMonitor `{monitor['metadata']['name']}`" in flat
+    assert f"port named `{endpoint['port']}`" in flat and f"`{endpoint['path']}`" in flat
+    assert f"every {endpoint['interval'].removesuffix('s')} s" in flat
+    ports = re.search(r"its container port: ([\d, ]+)", section).group(1)
+    assert [int(p) for p in ports.split(", ")] == [port for _, _, port in COURSE.values()]
+    dashboard = json.loads((ROOT / "infra/grafana/blog-dashboard.json").read_text())
+    titles = {p["title"] for p in dashboard["panels"]}
+    for title in ("Created → applied, p50 and p99, by consuming service", "Dead-lettered in the time range"):
+        assert f"**{title}**" in section and title in titles, title

@@ -152,6 +152,39 @@ def test_every_container_has_probes_requests_and_limits(target):
                 assert c["startupProbe"]["httpGet"]["path"] == "/healthz", where
 
 
+# How long a service retries its database at start before it exits
+# (BLOG_STARTUP_TIMEOUT, in seconds), when the environment does not say.
+DEFAULT_STARTUP_TIMEOUT = 120
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_the_startup_probe_outlasts_the_database_wait(target):
+    """A service that cannot reach its database exits after BLOG_STARTUP_TIMEOUT
+    and logs why; its startup probe must not kill it first."""
+    checked = 0
+    for w in workloads(render(target)):
+        for c in pod_spec(w)["containers"]:
+            env = env_map(c)
+            if not is_blog(c) or "BLOG_DATA_DIR" not in env:
+                continue  # the client keeps no data
+            timeout = int(env.get("BLOG_STARTUP_TIMEOUT") or DEFAULT_STARTUP_TIMEOUT)
+            probe = c["startupProbe"]
+            budget = probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+            assert budget > timeout, f"{w['metadata']['name']}: startup probe {budget} s <= {timeout} s"
+            checked += 1
+    assert checked >= 5
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_no_variable_is_set_twice(target):
+    """With a name set twice the last wins silently: a patch that appended
+    instead of replacing would go unnoticed."""
+    for w in workloads(render(target)):
+        for c in all_containers(pod_spec(w)):
+            names = [e["name"] for e in c.get("env", [])]
+            assert len(names) == len(set(names)), f"{w['metadata']['name']}/{c['name']}: {names}"
+
+
 def quantity(value):
     value = str(value)
     units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 1e3, "M": 1e6, "G": 1e9}
@@ -308,7 +341,8 @@ def test_dev_overlay_differs_from_local_in_the_client_only():
 @pytest.mark.parametrize("target", OVERLAYS)
 def test_every_blog_variable_is_one_the_binary_reads(target):
     """A misspelt BLOG_* variable is silently ignored by the binary: catch it here."""
-    known = set(re.findall(r"\[env: (BLOG_\w+)=", blog_help("serve")))
+    # `[env: NAME=value]`, or `[env: NAME]` for a variable whose value help hides.
+    known = set(re.findall(r"\[env: (BLOG_\w+)[=\]]", blog_help("serve")))
     known |= {"BLOG_LOG"}  # the log filter, read before the arguments
     for w in workloads(render(target)):
         for c in pod_spec(w)["containers"]:

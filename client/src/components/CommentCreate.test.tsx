@@ -14,11 +14,10 @@ describe('CommentCreate', () => {
 
   it('shows the server’s content error next to the field', async () => {
     const user = userEvent.setup();
-    const submit = vi.fn(async () => {
-      throw new ApiError('invalid', 'content must be at most 2000 characters', 400, [
-        { message: 'content must be at most 2000 characters', field: 'content' },
-      ]);
-    });
+    const refused = new ApiError('invalid', 'content must be at most 2000 characters', 400, [
+      { message: 'content must be at most 2000 characters', field: 'content' },
+    ]);
+    const submit = vi.fn(() => Promise.reject(refused));
     const onCreated = vi.fn();
     render(<CommentCreate postId="p1" postTitle="Hello" onCreated={onCreated} submit={submit} />);
     const input = screen.getByLabelText('New Comment');
@@ -34,9 +33,7 @@ describe('CommentCreate', () => {
 
   it('shows an error about no field (an unknown post) under the form', async () => {
     const user = userEvent.setup();
-    const submit = vi.fn(async () => {
-      throw new ApiError('invalid', 'post not found', 404, [{ message: 'post not found' }]);
-    });
+    const submit = vi.fn(() => Promise.reject(new ApiError('invalid', 'post not found', 404, [{ message: 'post not found' }])));
     render(<CommentCreate postId="gone" postTitle="Gone" onCreated={() => {}} submit={submit} />);
     const input = screen.getByLabelText('New Comment');
     await user.type(input, 'hello');

@@ -4,7 +4,7 @@ export const PENDING_TEXT = 'This comment is awaiting moderation';
 export const REJECTED_TEXT = 'This comment has been rejected';
 
 /** What a comment shows, by status (the course's texts). */
-export function commentText(comment: Comment): string {
+function commentText(comment: Comment): string {
   switch (comment.status) {
     case 'approved':
       return comment.content;

@@ -19,7 +19,7 @@ describe('PostCard', () => {
   it('sends a comment for its post and hands on the returned list', async () => {
     const user = userEvent.setup();
     const comments = [...post.comments, { id: 'c2', content: 'second', status: 'pending' }];
-    const submit = vi.fn(async () => comments);
+    const submit = vi.fn(() => Promise.resolve(comments));
     const changed = vi.fn();
     render(<PostCard post={post} onCommentsChanged={changed} submitComment={submit} />);
     await user.type(screen.getByLabelText('New Comment'), 'second');
@@ -39,9 +39,7 @@ describe('PostList', () => {
   });
 
   it('shows a card per post in order', () => {
-    render(
-      <PostList posts={[post, { id: 'p2', title: 'Second', comments: [] }]} loaded onCommentsChanged={() => {}} />,
-    );
+    render(<PostList posts={[post, { id: 'p2', title: 'Second', comments: [] }]} loaded onCommentsChanged={() => {}} />);
     expect(screen.getAllByRole('article').map((a) => a.getAttribute('data-post-id'))).toEqual(['p1', 'p2']);
   });
 });
@@ -52,6 +50,7 @@ describe('LiveIndicator', () => {
     ['connecting', 'Connecting…'],
     ['reconnecting', 'Reconnecting…'],
     ['offline', 'Cannot reach the server. Retrying…'],
+    ['unavailable', 'Live updates unavailable'],
   ] as const)('shows %s', (status, text) => {
     render(<LiveIndicator status={status} />);
     expect(screen.getByRole('status')).toHaveTextContent(text);

@@ -1,4 +1,4 @@
-import { render, screen } from '@testing-library/react';
+import { render, screen, waitFor } from '@testing-library/react';
 import userEvent from '@testing-library/user-event';
 import { describe, expect, it, vi } from 'vitest';
 import { ApiError, UNREACHABLE_MESSAGE } from '../api';
@@ -33,14 +33,15 @@ describe('PostCreate', () => {
     expect(submit).toHaveBeenCalledWith('Hello');
     expect(screen.getByRole('button', { name: 'Submit' })).toBeDisabled();
     pending.resolve({ id: 'p1', title: 'Hello' });
-    expect(await screen.findByRole('button', { name: 'Submit' })).toBeEnabled();
+    // The button exists while disabled, so wait for the state, not the element.
+    await waitFor(() => expect(screen.getByRole('button', { name: 'Submit' })).toBeEnabled());
     expect(onCreated).toHaveBeenCalledWith({ id: 'p1', title: 'Hello' });
     expect(screen.getByLabelText('Title')).toHaveValue('');
   });
 
   it('submits with the keyboard', async () => {
     const user = userEvent.setup();
-    const submit = vi.fn(async (title: string) => ({ id: 'k', title }));
+    const submit = vi.fn((title: string) => Promise.resolve({ id: 'k', title }));
     render(<PostCreate onCreated={() => {}} submit={submit} />);
     await user.type(screen.getByLabelText('Title'), 'Typed{Enter}');
     expect(submit).toHaveBeenCalledWith('Typed');
@@ -48,11 +49,10 @@ describe('PostCreate', () => {
 
   it('shows the server’s field error next to the field and keeps the input', async () => {
     const user = userEvent.setup();
-    const submit = vi.fn(async () => {
-      throw new ApiError('invalid', 'title must be at most 200 characters', 400, [
-        { message: 'title must be at most 200 characters', field: 'title' },
-      ]);
-    });
+    const refused = new ApiError('invalid', 'title must be at most 200 characters', 400, [
+      { message: 'title must be at most 200 characters', field: 'title' },
+    ]);
+    const submit = vi.fn(() => Promise.reject(refused));
     render(<PostCreate onCreated={() => {}} submit={submit} />);
     const input = screen.getByLabelText('Title');
     await user.type(input, 'x');
@@ -66,9 +66,7 @@ describe('PostCreate', () => {
 
   it('says clearly when the server cannot be reached', async () => {
     const user = userEvent.setup();
-    const submit = vi.fn(async () => {
-      throw new ApiError('unreachable', UNREACHABLE_MESSAGE);
-    });
+    const submit = vi.fn(() => Promise.reject(new ApiError('unreachable', UNREACHABLE_MESSAGE)));
     render(<PostCreate onCreated={() => {}} submit={submit} />);
     await user.type(screen.getByLabelText('Title'), 'x');
     await user.click(screen.getByRole('button', { name: 'Submit' }));

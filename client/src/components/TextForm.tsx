@@ -38,7 +38,7 @@ export function TextForm<T>({
   const [formErrors, setFormErrors] = useState<string[]>([]);
   const inputRef = useRef<HTMLInputElement>(null);
 
-  async function onSubmit(event: FormEvent<HTMLFormElement>) {
+  async function handleSubmit(event: FormEvent<HTMLFormElement>) {
     event.preventDefault();
     if (sending) return;
     if (value.trim() === '') {
@@ -69,7 +69,12 @@ export function TextForm<T>({
 
   const invalid = fieldErrors.length > 0;
   return (
-    <form className={className ? `text-form ${className}` : 'text-form'} onSubmit={onSubmit} aria-label={formLabel} noValidate>
+    <form
+      className={className ? `text-form ${className}` : 'text-form'}
+      onSubmit={(event) => void handleSubmit(event)}
+      aria-label={formLabel}
+      noValidate
+    >
       <label htmlFor={inputId}>{label}</label>
       <div className="text-form-row">
         <input

@@ -34,7 +34,10 @@ export class FakeEventSource {
   }
 
   removeEventListener(type: string, listener: Listener) {
-    this.listeners.set(type, (this.listeners.get(type) ?? []).filter((l) => l !== listener));
+    this.listeners.set(
+      type,
+      (this.listeners.get(type) ?? []).filter((l) => l !== listener),
+    );
   }
 
   close() {
@@ -66,7 +69,7 @@ export class FakeEventSource {
   }
 
   private fire(type: string, event: Event) {
-    for (const l of this.listeners.get(type) ?? []) l(event as MessageEvent<string>);
+    for (const l of this.listeners.get(type) ?? []) l(event);
   }
 }
 
@@ -84,9 +87,14 @@ export function jsonResponse(status: number, body: unknown): Response {
 
 export type Route = (url: string, init?: RequestInit) => Response | Promise<Response>;
 
+function urlOf(input: RequestInfo | URL): string {
+  if (typeof input === 'string') return input;
+  return input instanceof URL ? input.href : input.url;
+}
+
 /** Stubs fetch with a handler; returns the mock to inspect calls. */
 export function stubFetch(route: Route) {
-  const mock = vi.fn(async (input: RequestInfo | URL, init?: RequestInit) => route(String(input), init));
+  const mock = vi.fn(async (input: RequestInfo | URL, init?: RequestInit) => route(urlOf(input), init));
   vi.stubGlobal('fetch', mock);
   return mock;
 }

@@ -3,5 +3,8 @@
 //! from `main` so integration tests start the very same code.
 
 pub mod cli;
+pub mod ops;
+pub mod parts;
+pub mod report;
 pub mod settings;
 pub mod startup;

@@ -1,63 +1,20 @@
 //! The typed configuration a service is started from, after defaults, flags
 //! and `BLOG_*` variables have been layered by the command line parser.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use blog_bus::{BusConfig, ServiceConfig};
 use blog_kit::client::HttpClient;
-use blog_kit::http::CorsOrigins;
+use blog_kit::http::Surface;
+use blog_kit::serve::ConnectionLimits;
 use blog_moderation::Policy;
 use blog_storage::StorageConfig;
 
-/// The parts of the system `blog serve` can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
-pub enum ServiceKind {
-    Posts,
-    Comments,
-    Query,
-    Moderation,
-    EventBus,
-    Gateway,
-    Client,
-}
+use crate::parts::Part;
 
-impl ServiceKind {
-    /// What `blog up` runs, in start order: the bus first, the gateway last.
-    pub const UP: [ServiceKind; 6] = [
-        ServiceKind::EventBus,
-        ServiceKind::Posts,
-        ServiceKind::Comments,
-        ServiceKind::Query,
-        ServiceKind::Moderation,
-        ServiceKind::Gateway,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ServiceKind::Posts => blog_posts::NAME,
-            ServiceKind::Comments => blog_comments::NAME,
-            ServiceKind::Query => blog_query::NAME,
-            ServiceKind::Moderation => blog_moderation::NAME,
-            ServiceKind::EventBus => blog_event_bus::NAME,
-            ServiceKind::Gateway => blog_gateway::NAME,
-            ServiceKind::Client => "client",
-        }
-    }
-
-    /// The course's port for this part.
-    pub fn default_port(self) -> u16 {
-        match self {
-            ServiceKind::Posts => blog_posts::DEFAULT_PORT,
-            ServiceKind::Comments => blog_comments::DEFAULT_PORT,
-            ServiceKind::Query => blog_query::DEFAULT_PORT,
-            ServiceKind::Moderation => blog_moderation::DEFAULT_PORT,
-            ServiceKind::EventBus => blog_event_bus::DEFAULT_PORT,
-            ServiceKind::Gateway => blog_gateway::DEFAULT_PORT,
-            ServiceKind::Client => blog_gateway::CLIENT_PORT,
-        }
-    }
-}
+pub use crate::parts::ServiceKind;
 
 /// Everything any part may need; each takes what concerns it.
 #[derive(Debug, Clone)]
@@ -72,12 +29,16 @@ pub struct Settings {
     /// Deliveries of one event to a subscriber before the bus sets it aside
     /// as a dead letter.
     pub delivery_attempts: u32,
-    pub cors: CorsOrigins,
-    pub body_limit: usize,
+    /// CORS, body limit and internal token of every part.
+    pub surface: Surface,
+    /// Connections per listener and how long a request's head may take.
+    pub limits: ConnectionLimits,
+    /// Query: live streams open at once.
+    pub max_live_streams: usize,
     pub policy: Policy,
-    pub posts_url: String,
-    pub comments_url: String,
-    pub query_url: String,
+    /// Where the other parts are (the gateway's upstreams), by part; a part
+    /// not listed is at its course port on this machine.
+    pub urls: HashMap<ServiceKind, String>,
     /// A client server to forward to; when absent the gateway serves `client_dir`.
     pub client_url: Option<String>,
     pub client_dir: PathBuf,
@@ -85,6 +46,8 @@ pub struct Settings {
     /// PostgreSQL instead of SQLite: the server, and the prefix of each
     /// service's database name.
     pub postgres: Option<Postgres>,
+    /// How long a service keeps trying to reach its database at start.
+    pub startup_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,26 +64,33 @@ pub struct Postgres {
 impl Settings {
     /// Local defaults: the course ports on localhost, data under `data_dir`.
     pub fn local(data_dir: PathBuf) -> Self {
-        let url = |kind: ServiceKind| format!("http://127.0.0.1:{}", kind.default_port());
         Self {
             data_dir,
             bus: BusConfig::Http {
-                url: url(ServiceKind::EventBus),
+                url: crate::parts::BUS.part().local_url(),
             },
-            subscribers: blog_event_bus::default_subscribers(),
+            subscribers: crate::parts::subscribers(Part::local_url),
             extra_subscribers: Vec::new(),
             delivery_attempts: blog_event_bus::DEFAULT_DELIVERY_ATTEMPTS,
-            cors: CorsOrigins::Any,
-            body_limit: blog_kit::http::DEFAULT_BODY_LIMIT,
+            surface: Surface::default(),
+            limits: ConnectionLimits::default(),
+            max_live_streams: blog_query::DEFAULT_MAX_LIVE_STREAMS,
             policy: Policy::default(),
-            posts_url: url(ServiceKind::Posts),
-            comments_url: url(ServiceKind::Comments),
-            query_url: url(ServiceKind::Query),
+            urls: HashMap::new(),
             client_url: None,
             client_dir: PathBuf::from("client/dist"),
             http: HttpClient::default(),
             postgres: None,
+            startup_timeout: blog_storage::DEFAULT_STARTUP_TIMEOUT,
         }
+    }
+
+    /// Where part `kind` is.
+    pub fn url(&self, kind: ServiceKind) -> String {
+        self.urls
+            .get(&kind)
+            .cloned()
+            .unwrap_or_else(|| kind.part().local_url())
     }
 
     pub fn storage(&self) -> StorageConfig {
@@ -129,6 +99,7 @@ impl Settings {
                 server: pg.server.clone(),
                 database: pg.database.clone(),
                 prefix: pg.prefix.clone(),
+                connect_within: self.startup_timeout,
             },
             None => StorageConfig::Sqlite {
                 data_dir: self.data_dir.clone(),
@@ -136,7 +107,8 @@ impl Settings {
         }
     }
 
-    /// Whether the bus is the embedded HTTP event bus (which `blog up` runs).
+    /// Whether the event log is the HTTP event bus's own (not JetStream, where
+    /// the event bus is only a bridge for course services).
     pub fn embedded_bus(&self) -> bool {
         matches!(self.bus, BusConfig::Http { .. })
     }
@@ -145,8 +117,7 @@ impl Settings {
         ServiceConfig {
             storage: self.storage(),
             bus: self.bus.clone(),
-            cors: self.cors.clone(),
-            body_limit: self.body_limit,
+            surface: self.surface.clone(),
             http: self.http.clone(),
         }
     }

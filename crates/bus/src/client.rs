@@ -10,24 +10,16 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::nats::Nats;
+use crate::nats_config::NatsConfig;
 
 /// Which bus the services talk to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BusConfig {
     /// The course's HTTP event bus (ours or the Node one) at this base URL.
     Http { url: String },
-    /// NATS JetStream: the server URL, the stream holding the blog's events
-    /// (subjects `<stream>.events.<Type>`), and its replicas (1, or 3 on a
-    /// three-server cluster).
-    Nats {
-        url: String,
-        stream: String,
-        replicas: usize,
-    },
+    /// NATS JetStream: its servers, credentials and the blog's stream.
+    Nats(NatsConfig),
 }
-
-/// The JetStream stream name used unless configured otherwise.
-pub const DEFAULT_STREAM: &str = "BLOG";
 
 impl std::str::FromStr for BusConfig {
     type Err = String;
@@ -36,15 +28,11 @@ impl std::str::FromStr for BusConfig {
         let s = s.trim().trim_end_matches('/');
         if s.starts_with("http://") {
             Ok(BusConfig::Http { url: s.to_owned() })
-        } else if s.starts_with("nats://") {
-            Ok(BusConfig::Nats {
-                url: s.to_owned(),
-                stream: DEFAULT_STREAM.to_owned(),
-                replicas: 1,
-            })
+        } else if s.starts_with("nats://") || s.starts_with("tls://") {
+            NatsConfig::parse(s).map(BusConfig::Nats)
         } else {
             Err(format!(
-                "unsupported bus URL {s:?}: expected http://HOST:PORT (the HTTP event bus) or nats://HOST:PORT (JetStream)"
+                "unsupported bus URL {s:?}: expected http://HOST:PORT (the HTTP event bus) or nats://HOST:PORT[,nats://...] (JetStream)"
             ))
         }
     }
@@ -54,7 +42,7 @@ impl std::fmt::Display for BusConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BusConfig::Http { url } => f.write_str(url),
-            BusConfig::Nats { url, stream, .. } => write!(f, "{url} (stream {stream})"),
+            BusConfig::Nats(nats) => write!(f, "{} (stream {})", nats.servers, nats.stream.name),
         }
     }
 }
@@ -119,11 +107,7 @@ impl BusClient {
                 http,
                 batches: Arc::new(AtomicBool::new(true)),
             },
-            BusConfig::Nats {
-                url,
-                stream,
-                replicas,
-            } => Inner::Nats(Box::new(Nats::connect(url, stream, *replicas).await?)),
+            BusConfig::Nats(config) => Inner::Nats(Box::new(Nats::connect(config).await?)),
         };
         Ok(Self { inner })
     }
@@ -241,6 +225,66 @@ impl BusClient {
                 }
             }
             Inner::Nats(nats) => nats.events_after(seq).await,
+        }
+    }
+
+    /// Up to `limit` stored events after `seq`, oldest first, each with its
+    /// `seq` (what a rebuild pages through).
+    pub async fn events_page(&self, seq: i64, limit: usize) -> Result<Vec<Envelope>, BusError> {
+        match &self.inner {
+            Inner::Http { url, http, .. } => {
+                let (status, body) = http
+                    .get(&format!("{url}/events?after={seq}&limit={limit}"))
+                    .await?;
+                if !status.is_success() {
+                    return Err(BusError::Refused {
+                        status: status.as_u16(),
+                        body: String::from_utf8_lossy(&body).into_owned(),
+                    });
+                }
+                match serde_json::from_slice(&body) {
+                    Ok(Value::Array(events)) => Ok(events
+                        .into_iter()
+                        .filter_map(parse_from_bus)
+                        // A course bus ignores `after` and `limit`.
+                        .filter(|e| e.seq.is_none_or(|s| s > seq))
+                        .take(limit)
+                        .collect()),
+                    Ok(_) => Err(BusError::Malformed("expected a JSON array".into())),
+                    Err(e) => Err(BusError::Malformed(e.to_string())),
+                }
+            }
+            Inner::Nats(nats) => Ok(nats
+                .read_after(u64::try_from(seq).unwrap_or(0), limit)
+                .await?
+                .into_iter()
+                .filter_map(|stored| {
+                    let mut envelope = Envelope::from_slice(&stored.payload)
+                        .inspect_err(|e| tracing::warn!(error = %e, seq = stored.seq, "skipping a malformed event from the bus"))
+                        .ok()?;
+                    envelope.seq = i64::try_from(stored.seq).ok();
+                    Some(envelope)
+                })
+                .collect()),
+        }
+    }
+
+    /// The last sequence number the bus stored, when it says (ours does; a
+    /// course bus does not).
+    pub async fn last_seq(&self) -> Option<i64> {
+        match &self.inner {
+            Inner::Http { url, http, .. } => {
+                let (status, body) = http.get(&format!("{url}/subscribers")).await.ok()?;
+                if !status.is_success() {
+                    return None;
+                }
+                serde_json::from_slice::<Value>(&body).ok()?["lastSeq"].as_i64()
+            }
+            Inner::Nats(nats) => nats
+                .last_seq()
+                .await
+                .ok()
+                .and_then(|s| i64::try_from(s).ok()),
         }
     }
 

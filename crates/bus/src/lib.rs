@@ -6,15 +6,25 @@
 //! - [`Consumer`] applies an incoming event and records it in one
 //!   transaction, so a redelivery changes nothing.
 //! - [`catch_up`] replays what the bus stored since the last applied event.
+//! - [`Rebuilder`] applies the whole log again to a cleared read model.
 
 mod client;
 mod consumer;
 mod nats;
+mod nats_config;
+mod rebuild;
 mod relay;
 mod wiring;
 
-pub use client::{BusClient, BusConfig, BusError, DEFAULT_STREAM, Rejected};
-pub use consumer::{Consumer, ConsumesNothing, Handler, Outcome, catch_up, consume, events_route};
-pub use nats::MAX_DELIVER;
+pub use client::{BusClient, BusConfig, BusError, Rejected};
+pub use consumer::{
+    BatchResult, BatchResults, Consumer, ConsumesNothing, DeadLetter, Handler, Outcome, Received,
+    catch_up, consume, events_api, events_route,
+};
+pub use nats::{MAX_DELIVER, Nats, Placed, StreamEvent};
+pub use nats_config::{
+    DEFAULT_MAX_BYTES, DEFAULT_STREAM, NatsAuth, NatsConfig, StreamConfig, parse_size, show_size,
+};
+pub use rebuild::{Clear, Phase, Progress, Rebuilder, Reset, rebuild_api, rebuild_routes};
 pub use relay::{PUBLISH_WAIT, RelayState, relay};
-pub use wiring::{BuildError, ServiceConfig, readiness};
+pub use wiring::{BuildError, Emitter, ServiceConfig, readiness};

@@ -5,16 +5,19 @@ use std::time::Duration;
 
 use blog_kit::CancellationToken;
 use blog_kit::health::Failing;
+use blog_kit::retry::Backoff;
 use blog_storage::outbox::Pending;
 use blog_storage::{Db, Engine, inbox, outbox};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::{BusClient, Rejected};
 
 /// How often the relay looks at the outbox when no commit woke it: a
 /// fallback only, since every commit that writes to the outbox wakes it.
 const POLL: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How the relay paces its attempts while the bus refuses or is away.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 /// Events published per round: one request to our bus, pipelined on NATS.
 const BATCH: i64 = 256;
 /// A relay failing this long makes its service not ready.
@@ -144,7 +147,8 @@ pub async fn relay(
     state: std::sync::Arc<RelayState>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(50);
+    let _depth = outbox_depth(db.clone());
+    let mut backoff = BACKOFF;
     let mut single = Single::default();
     loop {
         let drained = match db.engine() {
@@ -154,7 +158,7 @@ pub async fn relay(
         match drained {
             Ok(()) => {
                 state.healthy();
-                backoff = Duration::from_millis(50);
+                backoff.reset();
                 let tidy_at = single.tidy_at(state.published_through());
                 tokio::select! {
                     () = shutdown.cancelled() => {
@@ -167,19 +171,77 @@ pub async fn relay(
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay could not publish");
+                let wait = backoff.next_wait();
+                tracing::warn!(error = %e, retry_in = ?wait, "outbox relay could not publish");
                 state.failed(e.to_string());
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }
 }
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+/// `blog_outbox_depth`: events waiting to be relayed, counted when scraped.
+fn outbox_depth(db: Db) -> blog_kit::metrics::Registration {
+    blog_kit::metrics::on_scrape(std::sync::Arc::new(move || {
+        let db = db.clone();
+        Box::pin(async move {
+            if let Ok(depth) = outbox::len(&db).await {
+                metrics::gauge!("blog_outbox_depth", "service" => db.service()).set(depth as f64);
+            }
+        })
+    }))
+}
+
+/// Publishes `batch` in a span that names it, so what is logged meanwhile
+/// (a refusal, a slow bus) says which service's events, from which to which.
+async fn publish(
+    db: &Db,
+    bus: &BusClient,
+    batch: &[Pending],
+) -> Result<Vec<Rejected>, crate::BusError> {
+    let span = tracing::info_span!(
+        "relay",
+        service = db.service(),
+        events = batch.len(),
+        first_event = batch.first().map_or("", |p| p.event_id.as_str()),
+        last_event = batch.last().map_or("", |p| p.event_id.as_str()),
+    );
+    bus.publish_batch(batch).instrument(span).await
+}
+
+/// Counts a batch the bus took, by event type (one counter update per
+/// type, not per event), and the events it refused for good.
+fn count_published(db: &Db, batch: &[Pending], rejected: &[Rejected]) {
+    let service = db.service();
+    let mut by_type: Vec<(&'static str, u64)> = Vec::new();
+    for pending in batch
+        .iter()
+        .filter(|p| !rejected.iter().any(|r| r.seq == p.seq))
+    {
+        let kind = pending.type_label();
+        tracing::debug!(service, event_id = %pending.event_id, r#type = kind, "published");
+        match by_type.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => by_type.push((kind, 1)),
+        }
+    }
+    for (kind, n) in by_type {
+        metrics::counter!("blog_events_published_total", "service" => service, "type" => kind)
+            .increment(n);
+    }
+    for pending in batch
+        .iter()
+        .filter(|p| rejected.iter().any(|r| r.seq == p.seq))
+    {
+        metrics::counter!("blog_events_dead_lettered_total", "service" => service, "type" => pending.type_label())
+            .increment(1);
+    }
+}
 
 /// Keeps events the bus refused for good as this service's dead letters
 /// (visible at `GET /dead-letters`), so the relay goes on with the rest
@@ -195,7 +257,7 @@ async fn set_aside(db: &Db, batch: &[Pending], rejected: Vec<Rejected>) -> Resul
         inbox::dead_letter(
             db,
             seq,
-            "outbox",
+            blog_storage::inbox::OUTBOX_SUBJECT,
             body,
             &format!("refused by the bus: {reason}"),
         )
@@ -252,7 +314,8 @@ async fn drain_single(
         let Some(last) = batch.last().map(|p| p.seq) else {
             return Ok(());
         };
-        let rejected = bus.publish_batch(&batch).await?;
+        let rejected = publish(db, bus, &batch).await?;
+        count_published(db, &batch, &rejected);
         set_aside(db, &batch, rejected).await?;
         state.published_in_order(last);
         tracing::debug!(events = batch.len(), "relayed");
@@ -300,7 +363,8 @@ async fn drain_shared_batches(
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let rejected = bus.publish_batch(&batch).await?;
+        let rejected = publish(db, bus, &batch).await?;
+        count_published(db, &batch, &rejected);
         // Writes waiting on these may answer now; the delete can follow.
         state.published_shared(&batch);
         tracing::debug!(events = batch.len(), publish = ?started.elapsed(), "relayed");

@@ -1,20 +1,24 @@
 use std::sync::Arc;
 
+use axum::Router;
 use blog_kit::client::HttpClient;
 use blog_kit::health::ReadyCheck;
-use blog_kit::http::{CorsOrigins, DEFAULT_BODY_LIMIT};
-use blog_storage::{Db, StorageConfig, StorageError};
+use blog_kit::http::Routes;
+use blog_kit::http::Surface;
+use blog_kit::openapi::Api;
+use blog_kit::serve::Service;
+use blog_storage::{Db, Migrations, StorageConfig, StorageError};
+use utoipa::openapi::OpenApi;
 
-use crate::relay::RelayState;
-use crate::{BusClient, BusConfig, BusError};
+use crate::relay::{RelayState, relay};
+use crate::{BusClient, BusConfig, BusError, Consumer, Handler, consume, events_route};
 
 /// What every service is configured with, whatever else it needs.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
     pub storage: StorageConfig,
     pub bus: BusConfig,
-    pub cors: CorsOrigins,
-    pub body_limit: usize,
+    pub surface: Surface,
     pub http: HttpClient,
 }
 
@@ -32,8 +36,7 @@ impl ServiceConfig {
         Self {
             storage,
             bus,
-            cors: CorsOrigins::Any,
-            body_limit: DEFAULT_BODY_LIMIT,
+            surface: Surface::default(),
             http: HttpClient::default(),
         }
     }
@@ -68,4 +71,72 @@ pub fn readiness(db: Db, bus: BusClient, relay: Option<Arc<RelayState>>) -> Read
             }
         })
     })
+}
+
+/// What every service that emits events is made of: its database, its bus,
+/// its consumer (what it does with the events it applies) and its outbox
+/// relay. The service adds only its public routes; the events routes, the
+/// probes, the relay and the consumption are wired here, the same for all.
+pub struct Emitter<H> {
+    pub name: &'static str,
+    pub db: Db,
+    pub bus: BusClient,
+    pub consumer: Arc<Consumer<H>>,
+    pub relay: Arc<RelayState>,
+}
+
+impl<H: Handler> Emitter<H> {
+    /// Opens `name`'s database (migrated) and connects to the bus.
+    pub async fn open(
+        config: &ServiceConfig,
+        name: &'static str,
+        migrations: &'static Migrations,
+        handler: H,
+    ) -> Result<Self, BuildError> {
+        let db = Db::open(&config.storage, name, migrations).await?;
+        let bus = config.connect_bus().await?;
+        Ok(Self {
+            name,
+            consumer: Arc::new(Consumer::new(db.clone(), handler)),
+            db,
+            bus,
+            relay: Arc::new(RelayState::default()),
+        })
+    }
+
+    /// The service: `public` (what browsers call, described by
+    /// `public_api`) beside the events routes and the probes, with the
+    /// relay running and, when the handler consumes anything, the
+    /// consumption.
+    pub fn service(self, public: Router, public_api: OpenApi, surface: &Surface) -> Service {
+        let routes = Routes {
+            public,
+            internal: events_route(self.consumer.clone()),
+            probes: blog_kit::health::routes(readiness(
+                self.db.clone(),
+                self.bus.clone(),
+                Some(self.relay.clone()),
+            )),
+            api: Api {
+                public: public_api,
+                internal: crate::events_api(),
+                probes: blog_kit::health::api(),
+            },
+        };
+        let Self {
+            name,
+            db,
+            bus,
+            consumer,
+            relay: state,
+        } = self;
+        let consuming = bus.clone();
+        let service = Service::new(name, blog_kit::http::finish(name, routes, surface))
+            .with_task(move |shutdown| relay(db, bus, state, shutdown));
+        if H::CONSUMES.is_empty() {
+            service
+        } else {
+            service.with_task(move |shutdown| consume(consumer, consuming, name, shutdown))
+        }
+    }
 }

@@ -1,5 +1,5 @@
 use blog_bus::Handler;
-use blog_events::{CommentUpdated, Envelope, Event};
+use blog_events::{CommentModerated, CommentUpdated, Envelope, Event};
 use blog_storage::{StorageError, Tx, outbox};
 
 use crate::store;
@@ -9,17 +9,14 @@ use crate::store;
 pub struct Moderated;
 
 impl Handler for Moderated {
-    const CONSUMES: &'static [&'static str] = &["CommentModerated"];
+    type Event = CommentModerated;
 
     async fn apply(
         &self,
         tx: &mut Tx,
-        event: &Event,
+        moderated: &CommentModerated,
         _seq: Option<i64>,
     ) -> Result<(), StorageError> {
-        let Event::CommentModerated(moderated) = event else {
-            return Ok(());
-        };
         if moderated.status.rank() == 0 {
             return Ok(()); // "pending" decides nothing
         }

@@ -3,8 +3,9 @@ use blog_storage::{AnyRow, Db, Row, StorageError, Tx, Written, outbox};
 use serde::Serialize;
 
 /// A comment as the course API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Comment {
+    /// A UUIDv7.
     pub id: String,
     pub content: String,
     pub status: Status,

@@ -6,17 +6,18 @@ use std::time::Duration;
 use blog_kit::CancellationToken;
 use blog_kit::client::{HttpClient, Reply, json_array};
 use blog_kit::http::{CONSUMES_HEADER, fits_in_batch};
+use blog_kit::retry::Backoff;
 use blog_storage::{Db, StorageError};
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use crate::EventLog;
 use crate::undelivered;
+use crate::{EventLog, LogError};
 
 const BATCH: usize = 512;
-const BACKOFF_START: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How a delivery paces its attempts to one subscriber.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
 
 /// One subscriber and how far it has acknowledged.
 pub struct Subscriber {
@@ -177,7 +178,7 @@ impl Delivery {
                 Ok(batch) => cut(batch),
                 Err(e) => {
                     tracing::warn!(error = %e, "delivery cannot read the log");
-                    if sleep_or_stop(BACKOFF_MAX, &shutdown).await {
+                    if sleep_or_stop(BACKOFF.longest(), &shutdown).await {
                         break;
                     }
                     continue;
@@ -221,8 +222,18 @@ impl Delivery {
 
     /// Sends `batch`; false when shutdown came first (nothing of it counts
     /// as delivered then).
+    #[tracing::instrument(
+        name = "deliver",
+        skip_all,
+        fields(
+            subscriber = %self.subscriber.url,
+            events = batch.len(),
+            first_seq = batch.first().map(|(seq, _)| *seq),
+            last_seq = batch.last().map(|(seq, _)| *seq),
+        )
+    )]
     async fn send_batch(&self, batch: &[(i64, Arc<str>)], shutdown: &CancellationToken) -> bool {
-        let mut backoff = BACKOFF_START;
+        let mut backoff = BACKOFF;
         while self.subscriber.takes_batches() && batch.len() > 1 {
             let body = json_array(batch.iter().map(|(_, body)| &**body));
             let answer = self
@@ -255,11 +266,11 @@ impl Delivery {
                     break;
                 }
                 Err(e) => {
-                    tracing::debug!(subscriber = %self.subscriber.url, error = %e, retry_in = ?backoff, "subscriber unreachable");
-                    if sleep_or_stop(backoff, shutdown).await {
+                    let wait = backoff.next_wait();
+                    tracing::debug!(subscriber = %self.subscriber.url, error = %e, retry_in = ?wait, "subscriber unreachable");
+                    if sleep_or_stop(wait, shutdown).await {
                         return false;
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }
@@ -273,15 +284,21 @@ impl Delivery {
 
     /// Sends one event until it is taken, refused for good, or has failed
     /// `attempts` times (then it is set aside). False on shutdown.
+    #[tracing::instrument(name = "deliver_one", skip_all, fields(seq = seq, r#type))]
     async fn send_one(&self, seq: i64, body: &str, shutdown: &CancellationToken) -> bool {
-        match self.try_hard(body, shutdown).await {
+        // Read once: it names the span and labels the counters below.
+        let kind = type_of(body);
+        tracing::Span::current().record("type", kind);
+        match self.try_hard(body, kind, shutdown).await {
             None => false,
             Some(Ok(())) => true,
             Some(Err((attempts, reason))) => {
                 tracing::error!(subscriber = %self.subscriber.url, seq, attempts, %reason, "event set aside as a dead letter");
+                metrics::counter!("blog_events_dead_lettered_total", "service" => crate::NAME, "type" => kind)
+                    .increment(1);
                 // Not recorded (the bus's own storage failing): keep trying to
                 // record it rather than lose it.
-                let mut backoff = BACKOFF_START;
+                let mut backoff = BACKOFF;
                 while let Err(e) = undelivered::set_aside(
                     self.log.db(),
                     &self.subscriber.url,
@@ -292,10 +309,9 @@ impl Delivery {
                 .await
                 {
                     tracing::warn!(error = %e, "could not record a dead letter");
-                    if sleep_or_stop(backoff, shutdown).await {
+                    if sleep_or_stop(backoff.next_wait(), shutdown).await {
                         return false;
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
                 true
             }
@@ -303,14 +319,22 @@ impl Delivery {
     }
 
     /// `None` on shutdown; `Err((attempts, last reason))` when given up.
+    /// `kind` is the event's type, as a label.
     async fn try_hard(
         &self,
         body: &str,
+        kind: &'static str,
         shutdown: &CancellationToken,
     ) -> Option<Result<(), (u32, String)>> {
-        let mut backoff = BACKOFF_START;
+        let mut backoff = BACKOFF;
         let mut failures = 0;
+        let mut sent = 0u32;
         loop {
+            if sent > 0 {
+                metrics::counter!("blog_events_redelivered_total", "service" => crate::NAME, "type" => kind)
+                    .increment(1);
+            }
+            sent += 1;
             let answer = self
                 .http
                 .post_json_reply(
@@ -344,10 +368,9 @@ impl Delivery {
                     tracing::debug!(subscriber = %self.subscriber.url, %why, "subscriber unreachable");
                 }
             }
-            if sleep_or_stop(backoff, shutdown).await {
+            if sleep_or_stop(backoff.next_wait(), shutdown).await {
                 return None;
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
@@ -366,14 +389,14 @@ impl Delivery {
     }
 
     /// Sends again what an operator marked for replay.
-    async fn replay_letters(&self, shutdown: &CancellationToken) -> Result<(), StorageError> {
+    async fn replay_letters(&self, shutdown: &CancellationToken) -> Result<(), LogError> {
         let db = self.log.db();
         for letter in undelivered::to_replay(db, &self.subscriber.url).await? {
             let Some(body) = self.log.get(letter.seq).await? else {
                 undelivered::delivered(db, letter.id).await?;
                 continue;
             };
-            match self.try_hard(&body, shutdown).await {
+            match self.try_hard(&body, type_of(&body), shutdown).await {
                 None => return Ok(()),
                 Some(Ok(())) => {
                     tracing::info!(subscriber = %self.subscriber.url, seq = letter.seq, "dead letter delivered");
@@ -451,5 +474,34 @@ async fn sleep_or_stop(duration: Duration, shutdown: &CancellationToken) -> bool
     tokio::select! {
         () = shutdown.cancelled() => true,
         () = tokio::time::sleep(duration) => false,
+    }
+}
+
+/// The type of a stored event, as a bounded label: its `type` field alone
+/// is read (the rest is skipped, not built).
+fn type_of(body: &str) -> &'static str {
+    #[derive(serde::Deserialize)]
+    struct Typed<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_str::<Typed>(body)
+        .map_or("unknown", |typed| blog_events::type_label(&typed.kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::type_of;
+
+    #[test]
+    fn the_type_label_is_read_from_the_stored_event_and_bounded() {
+        let event = r#"{"type":"CommentCreated","data":{"id":"c","content":"a \"quote\""}}"#;
+        assert_eq!(type_of(event), "CommentCreated");
+        assert_eq!(type_of(r#"{"data":{},"type":"PostLiked"}"#), "unknown");
+        assert_eq!(
+            type_of(r#"{"type":"Comment\u0043reated"}"#),
+            "CommentCreated"
+        );
+        assert_eq!(type_of("not json"), "unknown");
     }
 }

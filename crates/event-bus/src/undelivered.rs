@@ -3,7 +3,9 @@
 //! operator, and sent again on request.
 
 use blog_storage::{Db, Row, StorageError};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
 /// One event set aside for one subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,18 +157,43 @@ pub async fn counts(db: &Db) -> Result<Vec<(String, i64)>, StorageError> {
         .collect()
 }
 
+/// A dead letter as `GET /dead-letters` shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Shown {
+    /// Names the letter, for `POST /dead-letters/replay`.
+    pub id: i64,
+    /// The `/events` URL of the subscriber that could not take it.
+    pub subscriber: String,
+    /// The event's place in the log.
+    pub seq: i64,
+    /// The event's type (`null` when the event is no longer in the log).
+    #[schema(value_type = Option<String>)]
+    pub r#type: Value,
+    /// How many answered failures it has had, across replays.
+    pub attempts: i64,
+    /// The last answer: its status and up to 300 bytes of its body.
+    pub reason: String,
+    /// The stored event (`null` when it is no longer in the log).
+    #[schema(value_type = Option<blog_events::WireEvent>)]
+    pub event: Option<Value>,
+}
+
 impl Letter {
     /// As `GET /dead-letters` shows it, with the event's type.
-    pub fn to_json(&self, event: Option<&str>) -> Value {
+    pub fn shown(&self, event: Option<&str>) -> Shown {
         let event: Option<Value> = event.and_then(|body| serde_json::from_str(body).ok());
-        json!({
-            "id": self.id,
-            "subscriber": self.subscriber,
-            "seq": self.seq,
-            "type": event.as_ref().and_then(|e| e.get("type")).cloned().unwrap_or(Value::Null),
-            "attempts": self.attempts,
-            "reason": self.reason,
-            "event": event,
-        })
+        Shown {
+            id: self.id,
+            subscriber: self.subscriber.clone(),
+            seq: self.seq,
+            r#type: event
+                .as_ref()
+                .and_then(|e| e.get("type"))
+                .cloned()
+                .unwrap_or(Value::Null),
+            attempts: self.attempts,
+            reason: self.reason.clone(),
+            event,
+        }
     }
 }

@@ -3,7 +3,7 @@ use std::fmt;
 
 /// A comment's moderation status. It only moves forward: pending, then
 /// approved or rejected; a late or repeated event never moves it back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pending,

@@ -92,3 +92,66 @@ fn status_only_moves_forward() {
     assert_eq!(Status::parse("approved"), Some(Status::Approved));
     assert_eq!(Status::parse("Approved"), None);
 }
+
+#[test]
+fn carries_the_correlation_id_and_refuses_one_unfit_for_a_header() {
+    let env = Envelope::new(Event::PostCreated(PostCreated {
+        id: "p".into(),
+        title: "t".into(),
+    }))
+    .caused_by(Some("req-42".into()));
+    let value = env.to_value();
+    assert_eq!(value["correlationId"], "req-42");
+    assert_eq!(Envelope::from_value(value).expect("valid"), env);
+    for bad in [
+        json!(""),
+        json!("a b"),
+        json!("line\nbreak"),
+        json!(7),
+        json!("x".repeat(129)),
+    ] {
+        let err = Envelope::from_value(json!({
+            "type": "PostCreated", "data": {"id": "p", "title": "t"}, "correlationId": bad
+        }))
+        .expect_err("refused");
+        assert_eq!(err.field.as_deref(), Some("correlationId"));
+    }
+}
+
+#[test]
+fn knows_when_an_event_of_ours_was_created() {
+    let before = std::time::SystemTime::now() - std::time::Duration::from_millis(2);
+    let env = Envelope::new(Event::PostCreated(PostCreated {
+        id: "p".into(),
+        title: "t".into(),
+    }));
+    let created = env.created_at().expect("a UUIDv7 id");
+    assert!(created >= before && created <= std::time::SystemTime::now());
+    let course =
+        Envelope::from_value(json!({"type": "PostCreated", "data": {"id": "p", "title": "t"}}))
+            .expect("valid");
+    assert_eq!(course.created_at(), None);
+}
+
+#[test]
+fn the_wire_event_schema_names_every_known_type_and_our_extras() {
+    use utoipa::PartialSchema;
+    let event = serde_json::to_value(Event::schema()).expect("json");
+    let variants = event["oneOf"].as_array().expect("one of the known events");
+    let types: Vec<&str> = variants
+        .iter()
+        .filter_map(|v| v["properties"]["type"]["enum"][0].as_str())
+        .collect();
+    assert_eq!(types, KNOWN_TYPES);
+    for variant in variants {
+        assert_eq!(variant["required"], json!(["data", "type"]), "{variant}");
+    }
+    let extras = serde_json::to_value(EventExtras::schema()).expect("json");
+    let names: Vec<&String> = extras["properties"]
+        .as_object()
+        .expect("properties")
+        .keys()
+        .collect();
+    assert_eq!(names, ["id", "seq", "correlationId"]);
+    assert_eq!(extras["properties"]["id"]["maxLength"], json!(MAX_ID_LEN));
+}

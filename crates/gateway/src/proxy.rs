@@ -1,7 +1,11 @@
 //! Forwarding a request to a service and streaming its answer back (live
 //! updates are a stream that never ends).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -55,11 +59,23 @@ impl Proxy {
             HeaderValue::from_static("http"),
         );
         parts.uri = uri;
+        // A body the client breaks off or malforms is the client's fault
+        // (400), not the upstream's (502): note when reading it fails.
+        let broken = Arc::new(AtomicBool::new(false));
+        let noted = broken.clone();
+        let body = Body::from_stream(body.into_data_stream().inspect(move |chunk| {
+            if chunk.is_err() {
+                noted.store(true, Ordering::Relaxed);
+            }
+        }));
         match self.client.request(Request::from_parts(parts, body)).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, Body::new(body))
+            }
+            Err(_) if broken.load(Ordering::Relaxed) => {
+                ApiError::BadRequest("the request body could not be read".into()).into_response()
             }
             Err(e) => {
                 tracing::warn!(upstream = %base, error = %e, "upstream unavailable");
@@ -69,6 +85,31 @@ impl Proxy {
                 response
             }
         }
+    }
+}
+
+impl Proxy {
+    /// `GET url`, its answer read as JSON (at most `limit` bytes): for what
+    /// the gateway asks a service itself.
+    pub async fn get_json(&self, url: &str, limit: usize) -> Result<serde_json::Value, String> {
+        let uri = url.parse::<Uri>().map_err(|e| e.to_string())?;
+        let request = Request::get(uri)
+            .header(header::ACCEPT, "application/json")
+            .body(Body::empty())
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("answered {status}"));
+        }
+        let body = axum::body::to_bytes(Body::new(response.into_body()), limit)
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?;
+        serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))
     }
 }
 

@@ -1,5 +1,8 @@
-//! The course's Ingress rules (its wire contract), and how ingress-nginx
-//! applies them.
+//! The Ingress rules for `posts.com` (which service gets each path, with the
+//! course's service names and ports: the registry of parts holds them, in
+//! the order `infra/k8s/base/ingress.yaml` lists them, `blog routes` prints
+//! them and the checks in `infra/tests` assert the two agree), and how
+//! ingress-nginx applies them.
 
 use regex::Regex;
 use serde::Serialize;
@@ -20,34 +23,6 @@ pub struct Rule {
     pub port: u16,
 }
 
-/// The rules as written in the Ingress manifest, in its order.
-pub const INGRESS: [Rule; 4] = [
-    Rule {
-        path: "/posts/create",
-        path_type: PathType::Prefix,
-        service: "posts-clusterip-srv",
-        port: 4000,
-    },
-    Rule {
-        path: "/posts/?(.*)/comments",
-        path_type: PathType::ImplementationSpecific,
-        service: "comments-srv",
-        port: 4001,
-    },
-    Rule {
-        path: "/posts",
-        path_type: PathType::Prefix,
-        service: "query-srv",
-        port: 4002,
-    },
-    Rule {
-        path: "/?(.*)",
-        path_type: PathType::ImplementationSpecific,
-        service: "client-srv",
-        port: 3000,
-    },
-];
-
 /// Rules compiled the way ingress-nginx does with
 /// `nginx.ingress.kubernetes.io/use-regex: "true"`: every path is a
 /// case-insensitive regular expression anchored at the start of the request
@@ -62,7 +37,7 @@ impl RuleSet {
         let mut ordered: Vec<(Regex, Rule)> = rules
             .iter()
             .map(|rule| {
-                // The table is a constant checked by the tests below.
+                // The rules are constants, checked by the tests.
                 #[allow(clippy::unwrap_used)]
                 let regex = Regex::new(&format!("(?i)^{}", rule.path)).unwrap();
                 (regex, *rule)
@@ -80,12 +55,44 @@ impl RuleSet {
     }
 }
 
+/// The course's rules, for the tests of this crate.
+#[cfg(test)]
+pub(crate) fn course() -> Vec<Rule> {
+    let rule = |path, path_type, service, port| Rule {
+        path,
+        path_type,
+        service,
+        port,
+    };
+    vec![
+        rule(
+            "/posts/create",
+            PathType::Prefix,
+            "posts-clusterip-srv",
+            4000,
+        ),
+        rule(
+            "/posts/?(.*)/comments",
+            PathType::ImplementationSpecific,
+            "comments-srv",
+            4001,
+        ),
+        rule("/posts", PathType::Prefix, "query-srv", 4002),
+        rule(
+            "/?(.*)",
+            PathType::ImplementationSpecific,
+            "client-srv",
+            3000,
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn service(path: &str) -> &'static str {
-        RuleSet::new(&INGRESS)
+        RuleSet::new(&course())
             .route(path)
             .expect("the catch-all matches everything")
             .service

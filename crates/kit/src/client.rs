@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -31,6 +31,8 @@ pub struct Reply {
 pub struct HttpClient {
     inner: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
+    /// The internal token's `Authorization` value, on every request.
+    authorization: Option<HeaderValue>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -55,7 +57,17 @@ impl HttpClient {
         let inner = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        Self { inner, timeout }
+        Self {
+            inner,
+            timeout,
+            authorization: None,
+        }
+    }
+
+    /// This client, showing `token` on every request (calls between our parts).
+    pub fn with_token(mut self, token: &crate::http::InternalToken) -> Self {
+        self.authorization = Some(token.header_value());
+        self
     }
 
     pub async fn post_json(
@@ -109,6 +121,9 @@ impl HttpClient {
         let mut builder = Request::builder().method(method).uri(url);
         if let Some(content_type) = content_type {
             builder = builder.header(header::CONTENT_TYPE, content_type);
+        }
+        if let Some(authorization) = &self.authorization {
+            builder = builder.header(header::AUTHORIZATION, authorization.clone());
         }
         let request = builder
             .body(Full::new(body))

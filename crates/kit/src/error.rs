@@ -1,17 +1,21 @@
 //! Errors as the API reports them: `{"errors":[{"message","field"}]}`, mapped
 //! to a status code here and nowhere else.
 
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One problem with a request: what is wrong and, when one field of the
+/// request is at fault, which (`title`, `content`, `id`, `data.postId`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
+    #[schema(min_length = 1, example = "title is required")]
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "title")]
     pub field: Option<String>,
 }
 
@@ -39,6 +43,15 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("content type must be application/json")]
     UnsupportedMediaType,
+    /// Too much is going on to take this request now (a cap was reached).
+    #[error("{0}")]
+    Busy(String),
+    /// An internal route called without the internal token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The request clashes with work in progress (a rebuild already running).
+    #[error("{0}")]
+    Conflict(String),
     /// A dependency (storage, the bus) failed: the client may retry.
     #[error("service temporarily unavailable")]
     Unavailable(String),
@@ -57,6 +70,9 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -71,9 +87,24 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody {
-    errors: Vec<FieldError>,
+/// The answers of a route that creates something from a JSON body, besides
+/// its own: described once, named in each such route's `responses(..)`.
+#[derive(utoipa::IntoResponses)]
+pub enum CreateRefusals {
+    #[response(status = 413, description = "Larger than the body limit.")]
+    TooLarge(ErrorBody),
+    #[response(status = 415, description = "Not declared as JSON.")]
+    NotJson(ErrorBody),
+    #[response(status = 503, description = "Storage failed: nothing was created.")]
+    StorageFailed(ErrorBody),
+}
+
+/// Every error answer of every part: `{"errors":[{"message","field"?}]}`,
+/// at least one error.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    #[schema(min_items = 1)]
+    pub errors: Vec<FieldError>,
 }
 
 impl IntoResponse for ApiError {
@@ -93,6 +124,7 @@ impl IntoResponse for ApiError {
 #[derive(Debug)]
 pub struct JsonBody(pub Value);
 
+/// Whether a `Content-Type` value names JSON (`application/json`, `application/*+json`).
 fn is_json(content_type: &str) -> bool {
     let mime = content_type
         .split(';')
@@ -103,7 +135,13 @@ fn is_json(content_type: &str) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
+/// A request body declared as JSON, read but not parsed yet (for a route
+/// that gives an empty body a meaning of its own): the content type and the
+/// size are checked as for [`JsonBody`].
+#[derive(Debug)]
+pub struct JsonBytes(pub bytes::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
@@ -115,23 +153,46 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         if !json {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = bytes::Bytes::from_request(req, state)
+        bytes::Bytes::from_request(req, state)
             .await
+            .map(JsonBytes)
             .map_err(|e: BytesRejection| {
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::PayloadTooLarge
                 } else {
                     ApiError::BadRequest(format!("could not read the request body: {e}"))
                 }
-            })?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))
+            })
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    /// axum's `Json`, its rejections in the documented shape.
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<Value>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(JsonBody(value)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType),
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ApiError::PayloadTooLarge)
+            }
+            Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::BadRequest(format!(
+                "malformed JSON: {}",
+                std::error::Error::source(&e).map_or_else(|| e.body_text(), ToString::to_string)
+            ))),
+            Err(e) => Err(ApiError::BadRequest(format!(
+                "could not read the request body: {}",
+                e.body_text()
+            ))),
+        }
     }
 }
 
 /// Reads a required string field from a JSON object body, trimmed, not empty,
-/// and at most `max_chars` characters long.
+/// at most `max_chars` characters long, without forbidden control characters.
 pub fn required_string(body: &Value, field: &str, max_chars: usize) -> Result<String, FieldError> {
     let Value::Object(map) = body else {
         return Err(FieldError::new("body must be a JSON object", field));
@@ -142,6 +203,13 @@ pub fn required_string(body: &Value, field: &str, max_chars: usize) -> Result<St
             let s = s.trim();
             if s.is_empty() {
                 Err(FieldError::new(format!("{field} must not be empty"), field))
+            } else if s.chars().any(blog_events::forbidden_control) {
+                Err(FieldError::new(
+                    format!(
+                        "{field} must not contain NUL or control characters other than tab and line breaks"
+                    ),
+                    field,
+                ))
             } else if s.chars().count() > max_chars {
                 Err(FieldError::new(
                     format!("{field} must be at most {max_chars} characters"),

@@ -2,12 +2,17 @@
 //! any one service's business.
 
 pub mod client;
+pub mod correlation;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod memory;
+pub mod metrics;
+pub mod openapi;
 pub mod retry;
 pub mod serve;
 pub mod telemetry;
 
-pub use error::{ApiError, FieldError};
+pub use correlation::Correlation;
+pub use error::{ApiError, CreateRefusals, ErrorBody, FieldError};
 pub use tokio_util::sync::CancellationToken;

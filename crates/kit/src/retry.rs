@@ -7,8 +7,49 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-const FIRST: Duration = Duration::from_millis(100);
-const LONGEST: Duration = Duration::from_secs(2);
+/// Waits between attempts: `first`, then twice as long each time up to
+/// `longest`; [`reset`](Self::reset) after a success. Every retry loop of
+/// the system paces itself with one.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    first: Duration,
+    longest: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub const fn new(first: Duration, longest: Duration) -> Self {
+        Self {
+            first,
+            longest,
+            next: first,
+        }
+    }
+
+    /// The wait before the next attempt (then the one after grows).
+    pub fn next_wait(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.longest);
+        wait
+    }
+
+    /// The longest wait.
+    pub fn longest(&self) -> Duration {
+        self.longest
+    }
+
+    /// What the next wait will be, without taking it.
+    pub fn peek(&self) -> Duration {
+        self.next
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
+/// The pace of [`until_ok`]: 100 ms, doubling, at most 2 s.
+pub const DEFAULT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 
 /// Runs `attempt` until it returns `Ok`, waiting 100 ms, then twice as long
 /// each time up to 2 s, between failures (each logged with `what`). Returns
@@ -23,17 +64,17 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let mut backoff = FIRST;
+    let mut backoff = DEFAULT;
     loop {
         match attempt().await {
             Ok(value) => return Some(value),
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "{what}");
+                let wait = backoff.next_wait();
+                tracing::warn!(error = %e, retry_in = ?wait, "{what}");
                 tokio::select! {
                     () = shutdown.cancelled() => return None,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
-                backoff = (backoff * 2).min(LONGEST);
             }
         }
     }
@@ -51,6 +92,15 @@ pub async fn sleep_until(at: Option<tokio::time::Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waits_double_up_to_the_longest_and_start_over_on_reset() {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(300));
+        let waits: Vec<u128> = (0..5).map(|_| backoff.next_wait().as_millis()).collect();
+        assert_eq!(waits, [50, 100, 200, 300, 300]);
+        backoff.reset();
+        assert_eq!(backoff.peek(), Duration::from_millis(50));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn retries_until_success_and_stops_on_shutdown() {

@@ -1,45 +1,125 @@
 //! Serving a router until shutdown, then draining in-flight requests.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::Router;
-use axum::serve::ListenerExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-/// Serves `app` on `listener` until `shutdown` is cancelled.
+/// What keeps slow or greedy clients from taking a listener down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// A connection that has not sent a request's whole head this long
+    /// after starting it is closed.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` is cancelled, then lets the
+/// requests in flight finish.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: CancellationToken,
+    limits: ConnectionLimits,
 ) -> std::io::Result<()> {
-    // Answers go out at once: a small answer must not wait on Nagle's
-    // algorithm for the peer's delayed acknowledgement.
-    let listener = listener.tap_io(|tcp| {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    // Said once each time the limit is reached, not for every connection
+    // that waits while it lasts.
+    let mut full = false;
+    loop {
+        let now_full = slots.available_permits() == 0;
+        if now_full && !full {
+            tracing::warn!(
+                max = limits.max_connections,
+                "connection limit reached; new connections wait"
+            );
+        }
+        full = now_full;
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let tcp = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors, most likely: the others'
+                    // connections go on; try again shortly.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Answers go out at once: a small answer must not wait on Nagle's
+        // algorithm for the peer's delayed acknowledgement.
         let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+        let connection = graceful
+            .watch(http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone())));
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends before it kills a pod).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+/// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends before it kills a
+/// pod). The handlers are installed when this is called, not when it is
+/// first awaited: a signal that comes in between (right after `blog up`
+/// said it was up) is not lost to the default action, which would end the
+/// process without a clean stop. Call it inside the runtime.
+#[cfg(unix)]
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        let received = |signal: std::io::Result<tokio::signal::unix::Signal>| async move {
+            match signal {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            () = received(terminate) => {},
+            () = received(interrupt) => {},
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+    }
+}
+
+#[cfg(not(unix))]
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
@@ -54,6 +134,7 @@ type Task =
 pub struct Service {
     pub name: &'static str,
     pub router: Router,
+    pub limits: ConnectionLimits,
     tasks: Vec<Task>,
 }
 
@@ -62,6 +143,7 @@ impl Service {
         Self {
             name,
             router,
+            limits: ConnectionLimits::default(),
             tasks: Vec::new(),
         }
     }
@@ -91,7 +173,7 @@ impl Service {
             .collect();
         let name = self.name;
         let served = tokio::select! {
-            served = serve(listener, self.router, shutdown.clone()) => served,
+            served = serve(listener, self.router, shutdown.clone(), self.limits) => served,
             // Connections still open this long after shutdown (a client
             // that never lets go) are dropped rather than waited for.
             () = async {
@@ -103,9 +185,58 @@ impl Service {
             }
         };
         shutdown.cancel();
+        // Every task watches the token; one that misses it (stuck on a peer
+        // that never answers) must not hold the stop up for ever. Each is
+        // safe to drop at any point, as a crash would.
+        let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+        let mut aborted = 0;
         for handle in handles {
-            let _ = handle.await;
+            let abort = handle.abort_handle();
+            if tokio::time::timeout_at(deadline, handle).await.is_err() {
+                abort.abort();
+                aborted += 1;
+            }
+        }
+        if aborted > 0 {
+            tracing::warn!(
+                service = name,
+                aborted,
+                "background tasks still running {DRAIN_LIMIT:?} after the stop; aborted"
+            );
         }
         served
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_ignores_the_stop_does_not_hold_it_up() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let stuck = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let dropped = stuck.clone();
+        let service = Service::new("test", Router::new()).with_task(move |_ignored| async move {
+            // Flags its own drop: aborted, not finished.
+            struct Flag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+            impl Drop for Flag {
+                fn drop(&mut self) {
+                    self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            let _flag = Flag(dropped);
+            std::future::pending::<()>().await;
+        });
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(service.run(listener, shutdown.clone()));
+        tokio::task::yield_now().await;
+        shutdown.cancel();
+        running.await.expect("joined").expect("stopped cleanly");
+        tokio::task::yield_now().await;
+        assert!(
+            !stuck.load(std::sync::atomic::Ordering::Relaxed),
+            "the stuck task was dropped"
+        );
     }
 }

@@ -1,5 +1,5 @@
 use blog_bus::Handler;
-use blog_events::{CommentModerated, Envelope, Event};
+use blog_events::{CommentCreated, CommentModerated, Envelope, Event};
 use blog_storage::{StorageError, Tx, outbox};
 
 use crate::Policy;
@@ -16,17 +16,14 @@ impl Moderator {
 }
 
 impl Handler for Moderator {
-    const CONSUMES: &'static [&'static str] = &["CommentCreated"];
+    type Event = CommentCreated;
 
     async fn apply(
         &self,
         tx: &mut Tx,
-        event: &Event,
+        created: &CommentCreated,
         _seq: Option<i64>,
     ) -> Result<(), StorageError> {
-        let Event::CommentCreated(created) = event else {
-            return Ok(());
-        };
         let status = self.policy.decide(&created.content);
         let decided = sqlx::query(
             "INSERT INTO decisions (comment_id, status) VALUES ($1, $2) ON CONFLICT DO NOTHING",

@@ -30,11 +30,18 @@ mod tests {
             PostTitle::from_body(&json!({"title": " Hi "})).map(|t| t.0),
             Ok("Hi".into())
         );
+        assert_eq!(
+            PostTitle::from_body(&json!({"title": "a\tb\r\nc"})).map(|t| t.0),
+            Ok("a\tb\r\nc".into()),
+            "tab and line breaks are text"
+        );
         for bad in [
             json!({}),
             json!({"title": ""}),
             json!({"title": 1}),
             json!({"title": "x".repeat(201)}),
+            json!({"title": "a\u{0}b"}),
+            json!({"title": "a\u{7f}"}),
         ] {
             let err = PostTitle::from_body(&bad).expect_err("invalid");
             assert_eq!(err.field.as_deref(), Some("title"));

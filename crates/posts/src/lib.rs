@@ -5,14 +5,9 @@ mod domain;
 mod routes;
 mod store;
 
-use std::sync::Arc;
-
-use blog_bus::{
-    BuildError, Consumer, ConsumesNothing, RelayState, ServiceConfig, events_route, readiness,
-    relay,
-};
+use blog_bus::{BuildError, ConsumesNothing, Emitter, ServiceConfig};
 use blog_kit::serve::Service;
-use blog_storage::{Db, Migrations};
+use blog_storage::Migrations;
 
 pub use domain::PostTitle;
 
@@ -26,22 +21,10 @@ static MIGRATIONS: Migrations = Migrations {
 
 /// Opens the posts database and builds the service.
 pub async fn build(config: &ServiceConfig) -> Result<Service, BuildError> {
-    let db = Db::open(&config.storage, NAME, &MIGRATIONS).await?;
-    let bus = config.connect_bus().await?;
-    let relay_state = Arc::new(RelayState::default());
-    let router = routes::router(routes::AppState {
-        db: db.clone(),
-        relay: relay_state.clone(),
-    })
-    .merge(events_route(Arc::new(Consumer::new(
-        db.clone(),
-        ConsumesNothing,
-    ))))
-    .merge(blog_kit::health::routes(readiness(
-        db.clone(),
-        bus.clone(),
-        Some(relay_state.clone()),
-    )));
-    let router = blog_kit::http::finish(router, &config.cors, config.body_limit);
-    Ok(Service::new(NAME, router).with_task(move |shutdown| relay(db, bus, relay_state, shutdown)))
+    let posts = Emitter::open(config, NAME, &MIGRATIONS, ConsumesNothing).await?;
+    let public = routes::router(routes::AppState {
+        db: posts.db.clone(),
+        relay: posts.relay.clone(),
+    });
+    Ok(posts.service(public, routes::api(), &config.surface))
 }

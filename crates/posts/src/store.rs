@@ -1,5 +1,5 @@
 use blog_events::Envelope;
-use blog_storage::{Db, Row, StorageError, outbox};
+use blog_storage::{Db, StorageError, outbox};
 
 use crate::PostTitle;
 
@@ -30,11 +30,7 @@ pub async fn create(
 
 /// Every post as `(id, title)`, in creation order.
 pub async fn all(db: &Db) -> Result<Vec<(String, String)>, StorageError> {
-    let rows = sqlx::query("SELECT id, title FROM posts ORDER BY pos")
+    Ok(sqlx::query_as("SELECT id, title FROM posts ORDER BY pos")
         .fetch_all(db.pool())
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|row| Ok((row.try_get("id")?, row.try_get("title")?)))
-        .collect::<Result<_, sqlx::Error>>()?)
+        .await?)
 }

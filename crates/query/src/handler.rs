@@ -1,33 +1,55 @@
 use std::sync::Arc;
 
-use blog_bus::Handler;
+use blog_bus::{Handler, Reset};
 use blog_events::Event;
-use blog_storage::{StorageError, Tx};
+use blog_storage::{Engine, StorageError, Tx};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::ReadModel;
+use crate::live::Changed;
 use crate::model::Change;
-use crate::model::{add_comment, add_post, update_comment};
+use crate::model::{CommentEvent, add_post, store_comment};
+
+/// How the replicas of query hear of a change to the read model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    /// One replica (SQLite): it tells its own caches and streams.
+    InProcess,
+    /// Replicas share the database (PostgreSQL): a `NOTIFY` in the applying
+    /// transaction tells every replica, this one included.
+    ThroughDatabase,
+}
+
+impl Announce {
+    pub fn for_engine(engine: Engine) -> Self {
+        match engine {
+            Engine::Sqlite => Announce::InProcess,
+            Engine::Postgres => Announce::ThroughDatabase,
+        }
+    }
+}
 
 /// Projects events into the read model, in any order.
 pub struct Projector {
     model: Arc<ReadModel>,
     /// Ids of posts whose view changed, for the live stream.
-    changed: UnboundedSender<String>,
-    /// Replicas share the database (PostgreSQL): tell all of them through it,
-    /// in the transaction, instead of only this process.
-    shared: bool,
+    changed: UnboundedSender<Changed>,
+    announce: Announce,
 }
 
 /// The PostgreSQL channel on which query replicas hear of changes.
 pub const CHANNEL: &str = "blog_query_changed";
 
 impl Projector {
-    pub fn new(model: Arc<ReadModel>, changed: UnboundedSender<String>, shared: bool) -> Self {
+    pub fn new(
+        model: Arc<ReadModel>,
+        changed: UnboundedSender<Changed>,
+        announce: Announce,
+    ) -> Self {
         Self {
             model,
             changed,
-            shared,
+            announce,
         }
     }
 }
@@ -42,6 +64,7 @@ fn change_of(event: &Event) -> Option<Change<'_>> {
 }
 
 impl Handler for Projector {
+    type Event = Event;
     const CONSUMES: &'static [&'static str] = &["PostCreated", "CommentCreated", "CommentUpdated"];
 
     async fn apply(
@@ -52,11 +75,15 @@ impl Handler for Projector {
     ) -> Result<(), StorageError> {
         match event {
             Event::PostCreated(post) => add_post(tx, post).await?,
-            Event::CommentCreated(comment) => add_comment(tx, comment, seq).await?,
-            Event::CommentUpdated(comment) => update_comment(tx, comment).await?,
+            Event::CommentCreated(comment) => {
+                store_comment(tx, CommentEvent::Created(comment, seq)).await?
+            }
+            Event::CommentUpdated(comment) => {
+                store_comment(tx, CommentEvent::Updated(comment)).await?
+            }
             Event::CommentModerated(_) => {}
         }
-        if self.shared
+        if self.announce == Announce::ThroughDatabase
             && let Some(change) = change_of(event)
         {
             // Delivered to every listening replica when (and only if) this commits.
@@ -70,18 +97,50 @@ impl Handler for Projector {
     }
 
     fn applied(&self, event: &Event) {
-        if self.shared {
+        if self.announce == Announce::ThroughDatabase {
             return; // the notification reaches this replica too
         }
         let Some(change) = change_of(event) else {
             return;
         };
-        let post_id = change.post().unwrap_or_default().to_owned();
+        let live = Changed::from(&change);
         self.model.changed(change);
         // The receiver lives as long as the service; after shutdown there is
         // no one left to tell.
-        let _ = self.changed.send(post_id);
+        let _ = self.changed.send(live);
     }
+}
+
+/// How query starts over for a rebuild from the log: its tables emptied in
+/// the rebuild's first transaction; once that commits, caches dropped and
+/// live streams (here and, through PostgreSQL, on every replica) resent.
+pub fn reset(
+    model: Arc<ReadModel>,
+    changed: UnboundedSender<Changed>,
+    announce: Announce,
+) -> Reset {
+    Reset {
+        clear: Arc::new(move |tx: &mut Tx| Box::pin(clear(tx, announce))),
+        cleared: Arc::new(move || {
+            model.changed(Change::Everything);
+            let _ = changed.send(Changed::Everything);
+        }),
+    }
+}
+
+async fn clear(tx: &mut Tx, announce: Announce) -> Result<(), StorageError> {
+    sqlx::query("DELETE FROM comments")
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM posts").execute(&mut **tx).await?;
+    if announce == Announce::ThroughDatabase {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(Change::Everything.notification())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -101,7 +160,10 @@ mod tests {
             .expect("db");
         let model = Arc::new(ReadModel::new(db.clone()));
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let consumer = Arc::new(Consumer::new(db, Projector::new(model.clone(), tx, false)));
+        let consumer = Arc::new(Consumer::new(
+            db,
+            Projector::new(model.clone(), tx, Announce::InProcess),
+        ));
         for event in events {
             // Course-format events: no id, deduplicated by natural key.
             let envelope =

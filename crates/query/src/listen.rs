@@ -11,13 +11,13 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::ReadModel;
 use crate::handler::CHANNEL;
-use crate::live::EVERYTHING;
+use crate::live::Changed;
 use crate::model::Change;
 
 pub async fn changes(
     url: String,
     model: Arc<ReadModel>,
-    changed: UnboundedSender<String>,
+    changed: UnboundedSender<Changed>,
     shutdown: CancellationToken,
 ) {
     let _ = until_ok(&shutdown, "change listener lost its connection", || async {
@@ -26,7 +26,7 @@ pub async fn changes(
             .inspect_err(|_| {
                 // Whatever happened meanwhile is unknown: drop caches, resync streams.
                 model.changed(Change::Everything);
-                let _ = changed.send(EVERYTHING.to_owned());
+                let _ = changed.send(Changed::Everything);
             })
     })
     .await;
@@ -35,14 +35,14 @@ pub async fn changes(
 async fn listen(
     url: &str,
     model: &ReadModel,
-    changed: &UnboundedSender<String>,
+    changed: &UnboundedSender<Changed>,
     shutdown: &CancellationToken,
 ) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect(url).await?;
     listener.listen(CHANNEL).await?;
     // Changes before LISTEN took effect were not heard.
     model.changed(Change::Everything);
-    let _ = changed.send(EVERYTHING.to_owned());
+    let _ = changed.send(Changed::Everything);
     loop {
         let next = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -52,9 +52,9 @@ async fn listen(
             Some(notification) => {
                 // The payload is `<kind>:<post id>` (see the projector).
                 let change = Change::from_notification(notification.payload());
-                let post = change.post().unwrap_or(EVERYTHING).to_owned();
+                let live = Changed::from(&change);
                 model.changed(change);
-                let _ = changed.send(post);
+                let _ = changed.send(live);
             }
             None => return Err(sqlx::Error::PoolClosed),
         }

@@ -1,66 +1,216 @@
-use std::sync::Arc;
+//! Live streams (`GET /posts/live`): server-sent events, rendered once for
+//! every listener. Each frame is built once as shared bytes and handed to
+//! every stream as it is, so an idle stream costs its connection and little
+//! else, and a burst of changes reaches each listener as one frame.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use blog_kit::CancellationToken;
-use tokio::sync::broadcast;
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 
 use crate::ReadModel;
+use crate::model::Change;
+
+/// What changed, for live streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// This post or one of its comments.
+    Post(String),
+    /// Changes may have been missed: every stream starts over.
+    Everything,
+}
+
+impl From<&Change<'_>> for Changed {
+    fn from(change: &Change<'_>) -> Self {
+        match change.post() {
+            Some(post) => Changed::Post(post.to_owned()),
+            None => Changed::Everything,
+        }
+    }
+}
 
 /// What a live stream is told.
 #[derive(Clone, Debug)]
 pub enum LiveUpdate {
-    /// One post, rendered, after it or one of its comments changed.
-    Post(Arc<str>),
+    /// SSE events, ready to send: the changed posts, rendered.
+    Frame(Bytes),
     /// Changes may have been missed: send a fresh snapshot.
     Resync,
 }
 
-/// The post id that stands for "anything may have changed".
-pub const EVERYTHING: &str = "";
+/// Changes are gathered at least this long before they go out, so a
+/// stream wakes at most this often however fast comments arrive ...
+const GATHER: Duration = Duration::from_millis(50);
+/// ... and longer when frames times streams would write more than this per
+/// second in all: the fan-out to every open page must not take the CPU the
+/// writes themselves need. Under heavy writes with many pages open, pages
+/// are updated less often, with every change gathered, never dropped.
+const FAN_OUT_BYTES_PER_SECOND: u64 = 16 * 1024 * 1024;
+/// The longest a change waits to go out.
+const LONGEST_GATHER: Duration = Duration::from_secs(10);
 
-/// Fan-out of changed posts to live streams: each change is rendered once,
-/// whatever the number of listeners.
+/// A comment line that keeps idle connections (and proxies) open.
+pub const KEEP_ALIVE: Bytes = Bytes::from_static(b":\n\n");
+
+/// Appends one SSE event. The JSON the model renders is one line, but a
+/// line break in `data` would end the event early, so each line is framed.
+fn push_event(frame: &mut BytesMut, event: &str, data: &[u8]) {
+    frame.put_slice(b"event: ");
+    frame.put_slice(event.as_bytes());
+    frame.put_u8(b'\n');
+    for line in data.split(|b| *b == b'\n') {
+        frame.put_slice(b"data: ");
+        frame.put_slice(line);
+        frame.put_u8(b'\n');
+    }
+    frame.put_u8(b'\n');
+}
+
+/// Fan-out of changed posts to live streams.
 #[derive(Clone)]
 pub struct Live {
     model: Arc<ReadModel>,
     posts: broadcast::Sender<LiveUpdate>,
+    /// Open streams, at most as many as the permits.
+    streams: Arc<Semaphore>,
+    max_streams: usize,
+    /// The last snapshot frame, with the body it was built from: many
+    /// streams opening at once share one copy.
+    snapshot: Arc<Mutex<Option<(Bytes, Bytes)>>>,
 }
 
 impl Live {
-    pub fn new(model: Arc<ReadModel>) -> Self {
-        let (posts, _) = broadcast::channel(1024);
-        Self { model, posts }
+    pub fn new(model: Arc<ReadModel>, max_streams: usize) -> Self {
+        // Few frames are kept: each may be large, the channel holds the
+        // last ones until they are overwritten, and a stream that falls
+        // this far behind is better served by a fresh snapshot.
+        let (posts, _) = broadcast::channel(16);
+        Self {
+            model,
+            posts,
+            streams: Arc::new(Semaphore::new(max_streams.max(1))),
+            max_streams: max_streams.max(1),
+            snapshot: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// How long to gather the next changes: long enough that a frame the
+    /// size of the last one, sent to every open stream, stays within the
+    /// fan-out budget.
+    fn gather(&self, last_frame: usize) -> Duration {
+        let open = self.open() as u64;
+        let bytes = open.saturating_mul(last_frame as u64);
+        let budget =
+            Duration::from_micros(bytes.saturating_mul(1_000_000) / FAN_OUT_BYTES_PER_SECOND);
+        budget.clamp(GATHER, LONGEST_GATHER)
+    }
+
+    /// Streams open now.
+    pub fn open(&self) -> usize {
+        self.max_streams - self.streams.available_permits()
+    }
+
+    /// A place for one more stream, if there is room.
+    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.streams.clone().try_acquire_owned().ok()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<LiveUpdate> {
         self.posts.subscribe()
     }
 
-    /// Renders each changed post and hands it to every listener.
-    pub async fn render(self, mut changed: UnboundedReceiver<String>, shutdown: CancellationToken) {
+    /// Every post, as one `snapshot` event.
+    pub async fn snapshot(&self) -> Result<Bytes, blog_storage::StorageError> {
+        let body = self.model.posts_json().await?;
+        let mut cached = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((of, frame)) = cached.as_ref()
+            && of.as_ptr() == body.as_ptr()
+            && of.len() == body.len()
+        {
+            return Ok(frame.clone());
+        }
+        let mut frame = BytesMut::with_capacity(body.len() + 32);
+        push_event(&mut frame, "snapshot", &body);
+        let frame = frame.freeze();
+        *cached = Some((body, frame.clone()));
+        Ok(frame)
+    }
+
+    /// Renders changed posts and hands them to every listener, gathering
+    /// what changes meanwhile into one frame (see [`Live::gather`]).
+    pub async fn render(
+        self,
+        mut changed: UnboundedReceiver<Changed>,
+        shutdown: CancellationToken,
+    ) {
+        let mut last_frame = 0;
         loop {
-            let post_id = tokio::select! {
+            let first = tokio::select! {
                 () = shutdown.cancelled() => return,
                 next = changed.recv() => match next {
-                    Some(id) => id,
+                    Some(change) => change,
                     None => return,
                 },
             };
+            let mut posts = BTreeSet::new();
+            let mut everything = false;
+            let mut take = |change: Changed| match change {
+                Changed::Post(id) => {
+                    posts.insert(id);
+                }
+                Changed::Everything => everything = true,
+            };
+            take(first);
+            let deadline = tokio::time::Instant::now() + self.gather(last_frame);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep_until(deadline) => break,
+                    next = changed.recv() => match next {
+                        Some(change) => take(change),
+                        None => break,
+                    },
+                }
+            }
             if self.posts.receiver_count() == 0 {
                 continue;
             }
-            if post_id == EVERYTHING {
+            if everything {
                 let _ = self.posts.send(LiveUpdate::Resync);
                 continue;
             }
-            match self.model.post_json(&post_id).await {
-                Ok(Some(post)) => {
-                    let post = Arc::from(String::from_utf8_lossy(&post));
-                    let _ = self.posts.send(LiveUpdate::Post(post));
+            let mut frame = BytesMut::new();
+            for post_id in &posts {
+                match self.model.post_json(post_id).await {
+                    Ok(Some(post)) => push_event(&mut frame, "post", &post),
+                    Ok(None) => {} // a comment whose post has not arrived yet
+                    Err(e) => tracing::warn!(error = %e, "could not render a changed post"),
                 }
-                Ok(None) => {} // a comment whose post has not arrived yet
-                Err(e) => tracing::warn!(error = %e, "could not render a changed post"),
+            }
+            last_frame = frame.len();
+            if !frame.is_empty() {
+                let _ = self.posts.send(LiveUpdate::Frame(frame.freeze()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_each_line_of_the_data() {
+        let mut frame = BytesMut::new();
+        push_event(&mut frame, "post", b"{\"a\":1}");
+        push_event(&mut frame, "x", b"one\ntwo");
+        assert_eq!(
+            &frame[..],
+            b"event: post\ndata: {\"a\":1}\n\nevent: x\ndata: one\ndata: two\n\n"
+        );
     }
 }

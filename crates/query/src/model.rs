@@ -1,7 +1,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use blog_events::{CommentCreated, CommentUpdated, PostCreated, Status};
+use blog_events::{CommentCreated, CommentUpdated, PostCreated};
 use blog_storage::{Db, Row, StorageError, Tx};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{Value, json};
@@ -311,51 +311,12 @@ pub(crate) async fn add_post(tx: &mut Tx, post: &PostCreated) -> Result<(), Stor
     Ok(())
 }
 
-pub(crate) async fn add_comment(
-    tx: &mut Tx,
-    comment: &CommentCreated,
-    seq: Option<i64>,
-) -> Result<(), StorageError> {
-    upsert_comment(
-        tx,
-        Upsert {
-            id: &comment.id,
-            post_id: &comment.post_id,
-            content: &comment.content,
-            status: comment.status,
-            created_seq: seq,
-        },
-        CREATED,
-    )
-    .await
-}
-
-pub(crate) async fn update_comment(
-    tx: &mut Tx,
-    comment: &CommentUpdated,
-) -> Result<(), StorageError> {
-    upsert_comment(
-        tx,
-        Upsert {
-            id: &comment.id,
-            post_id: &comment.post_id,
-            content: &comment.content,
-            status: comment.status,
-            created_seq: None,
-        },
-        UPDATED,
-    )
-    .await
-}
-
-/// A comment as an event tells it.
-struct Upsert<'a> {
-    id: &'a str,
-    post_id: &'a str,
-    content: &'a str,
-    status: Status,
-    /// The bus position of its `CommentCreated`, which orders comments.
-    created_seq: Option<i64>,
+/// What an event says of a comment.
+pub(crate) enum CommentEvent<'a> {
+    /// A `CommentCreated`, with its place in the bus's log (which orders
+    /// comments), when the bus gave one.
+    Created(&'a CommentCreated, Option<i64>),
+    Updated(&'a CommentUpdated),
 }
 
 /// A `CommentCreated` wins over what is stored only with a status that has
@@ -377,19 +338,20 @@ const UPDATED: &str = "INSERT INTO comments (id, post_id, content, status, rank,
      WHERE excluded.rank > comments.rank
         OR (excluded.rank = comments.rank AND excluded.status = comments.status)";
 
-/// Stores what an event says of a comment, in one statement, under `rule`.
-async fn upsert_comment(
-    tx: &mut Tx,
-    comment: Upsert<'_>,
-    rule: &'static str,
-) -> Result<(), StorageError> {
+/// Stores what an event says of a comment, in one statement, under the
+/// rule for its kind of event.
+pub(crate) async fn store_comment(tx: &mut Tx, said: CommentEvent<'_>) -> Result<(), StorageError> {
+    let (rule, id, post_id, content, status, created_seq) = match said {
+        CommentEvent::Created(c, seq) => (CREATED, &c.id, &c.post_id, &c.content, c.status, seq),
+        CommentEvent::Updated(c) => (UPDATED, &c.id, &c.post_id, &c.content, c.status, None),
+    };
     sqlx::query(rule)
-        .bind(comment.id)
-        .bind(comment.post_id)
-        .bind(comment.content)
-        .bind(comment.status.as_str())
-        .bind(comment.status.rank())
-        .bind(comment.created_seq)
+        .bind(id)
+        .bind(post_id)
+        .bind(content)
+        .bind(status.as_str())
+        .bind(status.rank())
+        .bind(created_seq)
         .execute(&mut **tx)
         .await?;
     Ok(())

@@ -3,17 +3,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use blog_kit::{ApiError, CancellationToken};
-use futures_util::stream::{self, Stream, StreamExt};
+use blog_events::Status;
+use blog_kit::{ApiError, CancellationToken, ErrorBody};
+use futures_util::stream::{self, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::{OpenApi, ToSchema};
 
 use crate::ReadModel;
-use crate::live::{Live, LiveUpdate};
+use crate::live::{KEEP_ALIVE, Live, LiveUpdate};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -29,46 +31,130 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The routes of [`router`], described.
+#[derive(OpenApi)]
+#[openapi(paths(posts, live))]
+struct QueryApi;
+
+/// The description of [`router`].
+pub fn api() -> utoipa::openapi::OpenApi {
+    QueryApi::openapi()
+}
+
+// What the read model renders (`crate::model`), described.
+
+/// A post with its comments, as the read model shows it.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a description of what the model renders
+pub struct QueryPost {
+    id: String,
+    title: String,
+    /// Oldest first.
+    comments: Vec<QueryComment>,
+}
+
+/// A comment as the read model shows it, with its moderation status.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a description of what the model renders
+pub struct QueryComment {
+    id: String,
+    content: String,
+    status: Status,
+}
+
+/// Every post with its comments, keyed by post id, in creation order:
+/// `{"<id>":{"id","title","comments":[{"id","content","status"}]}}`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a description of what the model renders
+pub struct QueryPosts(std::collections::HashMap<String, QueryPost>);
+
 /// `GET /posts` → `{"<id>":{"id","title","comments":[...]}}` in creation order.
+#[utoipa::path(
+    get,
+    path = "/posts",
+    operation_id = "queryPosts",
+    responses(
+        (status = 200, description = "Every post with its comments.", body = QueryPosts),
+        (status = 503, description = "Storage failed.", body = ErrorBody)
+    )
+)]
 async fn posts(State(state): State<AppState>) -> Result<Response, ApiError> {
     let body = state.model.posts_json().await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-fn snapshot(body: &[u8]) -> SseEvent {
-    SseEvent::default()
-        .event("snapshot")
-        .data(String::from_utf8_lossy(body))
-}
+/// How often an idle live stream gets a comment line, so that proxies and
+/// browsers keep it open.
+const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(15);
 
 /// `GET /posts/live`: a snapshot, then each changed post as it changes.
-async fn live(
-    State(state): State<AppState>,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+/// Every stream sends the same shared frames; beyond the configured number
+/// of streams the answer is 503.
+///
+/// Server-sent events: first `event: snapshot` with `data:` the same object
+/// as `GET /posts` (QueryPosts), then `event: post` with `data:` one changed
+/// post (QueryPost, which replaces the client's copy; a new post goes last),
+/// and a keep-alive comment line every 15 s.
+#[utoipa::path(
+    get,
+    path = "/posts/live",
+    operation_id = "livePosts",
+    responses(
+        (
+            status = 200,
+            description = "An endless `text/event-stream`: `snapshot`, then `post` events.",
+            content_type = "text/event-stream",
+            body = String
+        ),
+        (status = 503, description = "Too many live streams are open.", body = ErrorBody)
+    )
+)]
+async fn live(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let Some(permit) = state.live.admit() else {
+        return Err(ApiError::Busy(
+            "too many live streams are open; try again later".into(),
+        ));
+    };
     // Subscribe before reading the snapshot, so no change falls in between.
     let updates = state.live.subscribe();
-    let first = snapshot(&state.model.posts_json().await?);
-    let rest = stream::unfold((updates, state), |(mut updates, state)| async move {
-        let next = tokio::select! {
-            () = state.stop.cancelled() => return None,
-            next = updates.recv() => next,
-        };
-        let event = match next {
-            Ok(LiveUpdate::Post(post)) => SseEvent::default().event("post").data(&*post),
-            // Fell behind, or changes were missed: start over from a snapshot.
-            Ok(LiveUpdate::Resync) | Err(RecvError::Lagged(_)) => {
-                match state.model.posts_json().await {
-                    Ok(body) => snapshot(&body),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "live stream ends: snapshot failed");
-                        return None;
+    let first = state.live.snapshot().await?;
+    let mut keep_alive = tokio::time::interval(KEEP_ALIVE_EVERY);
+    keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    keep_alive.reset();
+    let rest = stream::unfold(
+        (updates, state, keep_alive, permit),
+        |(mut updates, state, mut keep_alive, permit)| async move {
+            let frame = tokio::select! {
+                () = state.stop.cancelled() => return None,
+                _ = keep_alive.tick() => KEEP_ALIVE,
+                next = updates.recv() => match next {
+                    Ok(LiveUpdate::Frame(frame)) => frame,
+                    // Fell behind, or changes were missed: start over from a snapshot.
+                    Ok(LiveUpdate::Resync) | Err(RecvError::Lagged(_)) => {
+                        match state.live.snapshot().await {
+                            Ok(frame) => frame,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "live stream ends: snapshot failed");
+                                return None;
+                            }
+                        }
                     }
-                }
-            }
-            Err(RecvError::Closed) => return None,
-        };
-        Some((Ok(event), (updates, state)))
-    });
+                    Err(RecvError::Closed) => return None,
+                },
+            };
+            Some((
+                Ok::<_, Infallible>(frame),
+                (updates, state, keep_alive, permit),
+            ))
+        },
+    );
     let events = stream::once(async move { Ok(first) }).chain(rest);
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(events),
+    )
+        .into_response())
 }

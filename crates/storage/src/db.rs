@@ -2,13 +2,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, AssertSqlSafe};
 use tokio::sync::Notify;
 
-use crate::writer::{Tx, Writer, Written};
+use crate::writer::{WriteWork, Writer, Written};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -59,7 +58,28 @@ pub enum StorageConfig {
         server: String,
         database: Option<String>,
         prefix: String,
+        /// How long to keep trying while the server is not up yet (a first
+        /// deploy starts the services and their databases together).
+        connect_within: Duration,
     },
+}
+
+/// How long a service waits for its PostgreSQL at start, unless configured.
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Whether a failure to connect may pass by itself: the server is not up
+/// yet, is starting, or is full. A refused login or a bad URL never passes.
+fn may_pass(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(e) => matches!(
+            e.code().as_deref(),
+            // cannot_connect_now (starting or shutting down), too many
+            // connections, connection failures.
+            Some("57P03" | "53300" | "08000" | "08001" | "08004" | "08006")
+        ),
+        _ => false,
+    }
 }
 
 /// A service's migrations, one set per engine.
@@ -80,10 +100,14 @@ pub enum Engine {
 pub struct Db {
     pool: AnyPool,
     engine: Engine,
+    /// The service whose database this is (a label for its metrics and logs).
+    service: &'static str,
     /// The database's own URL, for PostgreSQL (listeners connect to it).
     url: String,
     outbox_written: Arc<Notify>,
     writer: Writer,
+    /// Keeps the pool's gauges read at each scrape while the database is open.
+    _pool_metrics: Arc<blog_kit::metrics::Registration>,
 }
 
 impl std::fmt::Debug for Db {
@@ -92,35 +116,29 @@ impl std::fmt::Debug for Db {
     }
 }
 
-/// `url` with its database replaced by `database` (query string kept).
-pub fn with_database(url: &str, database: &str) -> Result<String, StorageError> {
+/// A PostgreSQL server URL, parsed: a host is required.
+fn postgres_url(url: &str) -> Result<url::Url, StorageError> {
     let bad = || StorageError::PostgresUrl(url.to_owned());
-    let rest = url
-        .strip_prefix("postgres://")
-        .or_else(|| url.strip_prefix("postgresql://"))
-        .ok_or_else(bad)?;
-    let (before_query, query) = match rest.split_once('?') {
-        Some((a, q)) => (a, Some(q)),
-        None => (rest, None),
-    };
-    let authority = before_query.split('/').next().unwrap_or("");
-    if authority.is_empty() {
+    let parsed = url::Url::parse(url).map_err(|_| bad())?;
+    let postgres = matches!(parsed.scheme(), "postgres" | "postgresql");
+    if !postgres || parsed.host_str().is_none_or(str::is_empty) {
         return Err(bad());
     }
-    let mut out = format!("postgres://{authority}/{database}");
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    Ok(out)
+    Ok(parsed)
+}
+
+/// `url` with its database replaced by `database` (credentials and query
+/// string kept).
+pub fn with_database(url: &str, database: &str) -> Result<String, StorageError> {
+    let mut parsed = postgres_url(url)?;
+    parsed.set_path(database);
+    Ok(parsed.to_string())
 }
 
 /// The database named in a PostgreSQL URL, if any.
 pub fn database_of(url: &str) -> Option<String> {
-    let rest = url
-        .strip_prefix("postgres://")
-        .or_else(|| url.strip_prefix("postgresql://"))?;
-    let path = rest.split('?').next()?.split_once('/')?.1;
+    let parsed = postgres_url(url).ok()?;
+    let path = parsed.path().trim_start_matches('/');
     (!path.is_empty()).then(|| path.to_owned())
 }
 
@@ -139,7 +157,36 @@ impl StorageConfig {
     }
 }
 
-async fn connect_postgres(server: &str, database: &str) -> Result<(AnyPool, String), StorageError> {
+/// Connects to `database` on `server`, waiting up to `within` for a server
+/// that is not up yet.
+async fn connect_postgres(
+    server: &str,
+    database: &str,
+    within: Duration,
+) -> Result<(AnyPool, String), StorageError> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut backoff = blog_kit::retry::DEFAULT;
+    loop {
+        // Each attempt gives up in time for the deadline.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let attempt = left.clamp(Duration::from_millis(200), Duration::from_secs(10));
+        match try_connect_postgres(server, database, attempt).await {
+            Err(StorageError::Sqlx(e))
+                if may_pass(&e) && tokio::time::Instant::now() + backoff.peek() < deadline =>
+            {
+                tracing::warn!(error = %e, database, "PostgreSQL is not reachable yet; retrying");
+                tokio::time::sleep(backoff.next_wait()).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn try_connect_postgres(
+    server: &str,
+    database: &str,
+    within: Duration,
+) -> Result<(AnyPool, String), StorageError> {
     if !valid_database_name(database) {
         return Err(StorageError::DatabaseName(database.to_owned()));
     }
@@ -161,7 +208,11 @@ async fn connect_postgres(server: &str, database: &str) -> Result<(AnyPool, Stri
             .acquire_timeout(Duration::from_secs(10))
             .idle_timeout(Duration::from_secs(300))
     };
-    match options().connect(&url).await {
+    // The pool would try for its whole acquire timeout; this attempt has less.
+    let first = tokio::time::timeout(within, options().connect(&url))
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+    match first {
         Ok(pool) => Ok((pool, url)),
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
             // The database does not exist yet: create it from the server's
@@ -186,12 +237,28 @@ async fn connect_postgres(server: &str, database: &str) -> Result<(AnyPool, Stri
     }
 }
 
+/// `blog_db_connections{state}` and `blog_db_connections_max`, read when scraped.
+fn pool_gauges(service: &'static str, pool: AnyPool) -> blog_kit::metrics::Registration {
+    blog_kit::metrics::on_scrape(Arc::new(move || {
+        let size = pool.size();
+        let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX).min(size);
+        let max = pool.options().get_max_connections();
+        Box::pin(async move {
+            metrics::gauge!("blog_db_connections", "service" => service, "state" => "used")
+                .set(f64::from(size - idle));
+            metrics::gauge!("blog_db_connections", "service" => service, "state" => "idle")
+                .set(f64::from(idle));
+            metrics::gauge!("blog_db_connections_max", "service" => service).set(f64::from(max));
+        })
+    }))
+}
+
 impl Db {
     /// Opens (creating if needed) `service`'s database and applies the shared
     /// migrations and then the service's own.
     pub async fn open(
         config: &StorageConfig,
-        service: &str,
+        service: &'static str,
         migrations: &Migrations,
     ) -> Result<Self, StorageError> {
         Self::open_with(config, service, migrations, Writes::Concurrent).await
@@ -200,7 +267,7 @@ impl Db {
     /// As [`open`](Self::open), choosing how writes may run.
     pub async fn open_with(
         config: &StorageConfig,
-        service: &str,
+        service: &'static str,
         migrations: &Migrations,
         writes: Writes,
     ) -> Result<Self, StorageError> {
@@ -241,11 +308,12 @@ impl Db {
                 server,
                 database,
                 prefix,
+                connect_within,
             } => {
                 let name = database
                     .clone()
                     .unwrap_or_else(|| StorageConfig::postgres_database(prefix, service));
-                let (pool, url) = connect_postgres(server, &name).await?;
+                let (pool, url) = connect_postgres(server, &name, *connect_within).await?;
                 (pool, Engine::Postgres, url)
             }
         };
@@ -270,9 +338,12 @@ impl Db {
         };
         let outbox_written = Arc::new(Notify::new());
         let writer = Writer::start(pool.clone(), engine, writers, outbox_written.clone());
+        let pool_metrics = Arc::new(pool_gauges(service, pool.clone()));
         Ok(Self {
             pool,
             engine,
+            service,
+            _pool_metrics: pool_metrics,
             url,
             outbox_written,
             writer,
@@ -281,6 +352,11 @@ impl Db {
 
     pub fn engine(&self) -> Engine {
         self.engine
+    }
+
+    /// The service whose database this is.
+    pub fn service(&self) -> &'static str {
+        self.service
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -296,37 +372,31 @@ impl Db {
     /// (group commit: it may share the transaction, never its failure, with
     /// other writes). The work runs in a writer task, so it commits or fails
     /// whole even when the caller stops waiting.
-    pub async fn write<T, F>(&self, work: F) -> Result<Written<T>, StorageError>
-    where
-        T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<T, StorageError>> + Send + 'static,
-    {
+    pub async fn write<T: Send + 'static>(
+        &self,
+        work: impl WriteWork<T>,
+    ) -> Result<Written<T>, StorageError> {
         self.writer.write(None, work, |_| {}).await
     }
 
     /// As [`write`](Self::write); writes with the same `key` commit in the
     /// order they were queued (on PostgreSQL several writers run at once).
-    pub async fn write_in_order<T, F>(&self, key: &str, work: F) -> Result<Written<T>, StorageError>
-    where
-        T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<T, StorageError>> + Send + 'static,
-    {
+    pub async fn write_in_order<T: Send + 'static>(
+        &self,
+        key: &str,
+        work: impl WriteWork<T>,
+    ) -> Result<Written<T>, StorageError> {
         self.writer.write(Some(key), work, |_| {}).await
     }
 
     /// As [`write`](Self::write), and runs `after_commit` right after the
     /// commit, in the writer task: what must follow a commit (a cache to
     /// refresh) follows it even when the caller went away.
-    pub async fn write_then<T, F, A>(
+    pub async fn write_then<T: Send + 'static>(
         &self,
-        work: F,
-        after_commit: A,
-    ) -> Result<Written<T>, StorageError>
-    where
-        T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<T, StorageError>> + Send + 'static,
-        A: FnOnce(&T) + Send + 'static,
-    {
+        work: impl WriteWork<T>,
+        after_commit: impl FnOnce(&T) + Send + 'static,
+    ) -> Result<Written<T>, StorageError> {
         self.writer.write(None, work, after_commit).await
     }
 
@@ -393,7 +463,11 @@ mod tests {
             ("postgres://u:p@db", "postgres://u:p@db/blog_posts"),
             (
                 "postgresql://db/x?sslmode=disable",
-                "postgres://db/blog_posts?sslmode=disable",
+                "postgresql://db/blog_posts?sslmode=disable",
+            ),
+            (
+                "postgres://user:p%40ss@db:6432/x",
+                "postgres://user:p%40ss@db:6432/blog_posts",
             ),
         ];
         for (url, expected) in cases {

@@ -8,8 +8,8 @@ pub mod outbox;
 mod writer;
 
 pub use db::{
-    Db, Engine, Migrations, Statement, StorageConfig, StorageError, Writes, database_of,
-    with_database,
+    DEFAULT_STARTUP_TIMEOUT, Db, Engine, Migrations, Statement, StorageConfig, StorageError,
+    Writes, database_of, with_database,
 };
 pub use futures_util::future::BoxFuture;
 pub use sqlx::migrate::Migrator;

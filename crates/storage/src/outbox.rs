@@ -2,36 +2,45 @@
 //! the state change it announces, and relayed to the bus after commit.
 
 use blog_events::Envelope;
-use sqlx::Row;
 
 use crate::{Db, StorageError, Tx};
 
 /// One event waiting to be relayed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Pending {
     pub seq: i64,
     pub event_id: String,
+    /// The event's type; empty on rows queued by an older version, whose
+    /// body still says it.
+    pub event_type: String,
     pub body: String,
 }
 
-fn to_pending(row: &sqlx::any::AnyRow) -> Result<Pending, StorageError> {
-    Ok(Pending {
-        seq: row.try_get("seq")?,
-        event_id: row.try_get("event_id")?,
-        body: row.try_get("body")?,
-    })
+impl Pending {
+    /// The event's type as a bounded label: a known type by name, anything
+    /// else as one.
+    pub fn type_label(&self) -> &'static str {
+        blog_events::type_label(&self.event_type)
+    }
 }
 
-/// Queues `envelope` in `tx`; it is published only if `tx` commits. The
+/// Queues `envelope` in `tx`; it is published only if `tx` commits. It
+/// carries the transaction's cause unless it names its own correlation. The
 /// transaction remembers it, so the writer wakes the relay on commit and the
 /// caller learns the row's sequence number.
 pub async fn push(tx: &mut Tx, envelope: &Envelope) -> Result<(), StorageError> {
-    let seq: i64 =
-        sqlx::query_scalar("INSERT INTO outbox (event_id, body) VALUES ($1, $2) RETURNING seq")
-            .bind(envelope.id.clone().unwrap_or_default())
-            .bind(envelope.to_json())
-            .fetch_one(&mut **tx)
-            .await?;
+    let body = match (&envelope.correlation_id, tx.cause()) {
+        (None, Some(cause)) => envelope.clone().caused_by(Some(cause.clone())).to_json(),
+        _ => envelope.to_json(),
+    };
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO outbox (event_id, event_type, body) VALUES ($1, $2, $3) RETURNING seq",
+    )
+    .bind(envelope.id.clone().unwrap_or_default())
+    .bind(envelope.type_name.as_str())
+    .bind(body)
+    .fetch_one(&mut **tx)
+    .await?;
     tx.wrote_outbox(seq);
     Ok(())
 }
@@ -44,13 +53,13 @@ pub async fn peek(db: &Db, limit: i64) -> Result<Vec<Pending>, StorageError> {
 /// The oldest events waiting after `seq` (those up to it are published
 /// and only wait to be deleted), in commit order.
 pub async fn peek_after(db: &Db, seq: i64, limit: i64) -> Result<Vec<Pending>, StorageError> {
-    let rows =
-        sqlx::query("SELECT seq, event_id, body FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2")
-            .bind(seq)
-            .bind(limit)
-            .fetch_all(db.pool())
-            .await?;
-    rows.iter().map(to_pending).collect()
+    Ok(sqlx::query_as(
+        "SELECT seq, event_id, event_type, body FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2",
+    )
+    .bind(seq)
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?)
 }
 
 /// Forgets every event up to `seq`, all acknowledged by the bus (one relay
@@ -83,13 +92,12 @@ pub async fn claim(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     limit: i64,
 ) -> Result<Vec<Pending>, StorageError> {
-    let rows = sqlx::query(
-        "SELECT seq, event_id, body FROM outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+    Ok(sqlx::query_as(
+        "SELECT seq, event_id, event_type, body FROM outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
     .fetch_all(&mut **tx)
-    .await?;
-    rows.iter().map(to_pending).collect()
+    .await?)
 }
 
 /// Forgets claimed events once the bus acknowledged them; final at commit.

@@ -37,9 +37,22 @@ pub struct Tx {
     conn: PoolConnection<Any>,
     /// The highest outbox sequence number the current job queued.
     outbox: Option<i64>,
+    /// The correlation id of what the current job reacts to (a request or
+    /// an event): events it queues without one of their own inherit it.
+    cause: Option<String>,
 }
 
 impl Tx {
+    /// Marks what the current job's work follows from: the events it queues
+    /// next carry `correlation_id` unless they name their own.
+    pub fn caused_by(&mut self, correlation_id: Option<String>) {
+        self.cause = correlation_id;
+    }
+
+    pub(crate) fn cause(&self) -> Option<&String> {
+        self.cause.as_ref()
+    }
+
     /// Records that the current job queued outbox row `seq`.
     pub(crate) fn wrote_outbox(&mut self, seq: i64) {
         self.outbox = Some(self.outbox.map_or(seq, |s| s.max(seq)));
@@ -71,8 +84,18 @@ pub struct Written<T> {
 type Boxed = Box<dyn StdAny + Send>;
 type Answer = oneshot::Sender<Result<Written<Boxed>, StorageError>>;
 type AfterCommit = Box<dyn FnOnce(&Boxed) + Send>;
-type Work =
-    Box<dyn for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<Boxed, StorageError>> + Send>;
+type Work = Box<dyn WriteWork<Boxed>>;
+
+/// What a write runs: given the transaction, the future of its result.
+pub trait WriteWork<T>:
+    for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<T, StorageError>> + Send + 'static
+{
+}
+
+impl<T, F> WriteWork<T> for F where
+    F: for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<T, StorageError>> + Send + 'static
+{
+}
 
 struct Job {
     work: Work,
@@ -148,7 +171,7 @@ impl Writer {
     ) -> Result<Written<T>, StorageError>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<T, StorageError>> + Send + 'static,
+        F: WriteWork<T>,
         A: FnOnce(&T) + Send + 'static,
     {
         let (answer, answered) = oneshot::channel();
@@ -243,6 +266,7 @@ impl WriterTask {
                 savepoint = true;
             }
             tx.outbox = None;
+            tx.cause = None;
             let ran = AssertUnwindSafe((job.work)(&mut tx)).catch_unwind().await;
             let ran = ran.unwrap_or_else(|_| Err(StorageError::Write("a write panicked".into())));
             match ran {
@@ -307,7 +331,11 @@ impl WriterTask {
             Engine::Postgres => "BEGIN",
         };
         match sqlx::raw_sql(begin).execute(&mut *conn).await {
-            Ok(_) => Ok(Tx { conn, outbox: None }),
+            Ok(_) => Ok(Tx {
+                conn,
+                outbox: None,
+                cause: None,
+            }),
             Err(e) => {
                 // The connection may be in any state: do not reuse it.
                 let _ = conn.close().await;

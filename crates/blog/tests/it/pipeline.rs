@@ -5,9 +5,7 @@
 //! (crashes of every part under write load). Each test runs on every engine
 //! combination it applies to and names the combination when it fails.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
+use crate::support;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -217,13 +215,8 @@ impl StrictSubscriber {
         let router = Router::new()
             .route("/events", post(receive))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the strict subscriber");
-        let url = format!("http://{}/events", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
+        let (base, server) = support::stand_in::serve(router).await;
+        let url = format!("{base}/events");
         Self { url, state, server }
     }
 
@@ -267,10 +260,7 @@ async fn dead_letters(system: &TestSystem) -> Value {
 // ---------------------------------------------------------------------------
 // 1. Bus, cancelled publish
 
-#[tokio::test]
-async fn publishers_that_hang_up_do_not_wedge_the_bus() {
-    support::on_each(support::http_bus_engines(), hang_ups_on_the_bus).await;
-}
+engine_tests!(publishers_that_hang_up_do_not_wedge_the_bus => hang_ups_on_the_bus: sqlite_http, postgres_http);
 
 async fn hang_ups_on_the_bus(engines: Engines) {
     let system = TestSystem::spawn(engines).await;
@@ -334,10 +324,7 @@ async fn hang_ups_on_the_bus(engines: Engines) {
 // ---------------------------------------------------------------------------
 // 2. Query, cancelled delivery
 
-#[tokio::test]
-async fn a_delivery_cut_off_does_not_leave_query_stale() {
-    support::on_each(support::engines(), cut_off_deliveries_to_query).await;
-}
+engine_tests!(a_delivery_cut_off_does_not_leave_query_stale => cut_off_deliveries_to_query: sqlite_http, postgres_http, sqlite_nats, postgres_nats);
 
 async fn cut_off_deliveries_to_query(engines: Engines) {
     let system = TestSystem::spawn(engines).await;
@@ -574,10 +561,7 @@ async fn writes_fail_cleanly_on_a_full_disk_and_resume_when_space_returns() {
 // ---------------------------------------------------------------------------
 // 4. Poison event on the HTTP bus
 
-#[tokio::test]
-async fn a_poison_event_is_set_aside_then_replayed() {
-    support::on_each(support::http_bus_engines(), poison_on_the_bus).await;
-}
+engine_tests!(a_poison_event_is_set_aside_then_replayed => poison_on_the_bus: sqlite_http, postgres_http, sqlite_nats, postgres_nats);
 
 async fn poison_on_the_bus(engines: Engines) {
     let strict = StrictSubscriber::start(Rule::Poison).await;
@@ -679,28 +663,15 @@ async fn poison_on_the_bus(engines: Engines) {
 // ---------------------------------------------------------------------------
 // 5. Readiness tells the truth
 
-#[tokio::test]
-async fn readiness_says_when_the_relay_cannot_publish() {
-    support::on_each(support::http_bus_engines(), readiness_while_the_bus_is_away).await;
-}
+engine_tests!(readiness_says_when_the_relay_cannot_publish => readiness_while_the_bus_is_away: sqlite_http, postgres_http);
 
 async fn readiness_while_the_bus_is_away(engines: Engines) {
     let mut system = TestSystem::spawn(engines).await;
     let posts = system.url(ServiceKind::Posts);
     let readyz = format!("{posts}/readyz");
     system.stop(ServiceKind::EventBus).await;
-    let created = system
-        .post(
-            &format!("{posts}/posts/create"),
-            &json!({"title": "while the bus is away"}),
-        )
-        .await;
-    assert_eq!(
-        created.status,
-        StatusCode::CREATED,
-        "{engines}: the write is kept in the outbox: {created:?}"
-    );
-    let post = created.body["id"].as_str().expect("id").to_owned();
+    // Kept in the outbox: still a 201.
+    let post = system.create_post_at(&posts, "while the bus is away").await;
     system
         .until_ok(
             CONVERGE,
@@ -745,10 +716,7 @@ async fn readiness_while_the_bus_is_away(engines: Engines) {
 // ---------------------------------------------------------------------------
 // 6. Causality for course peers
 
-#[tokio::test]
-async fn a_course_peer_receives_each_post_before_its_comments() {
-    support::on_each(support::http_bus_engines(), causality_for_a_course_peer).await;
-}
+engine_tests!(a_course_peer_receives_each_post_before_its_comments => causality_for_a_course_peer: sqlite_http, postgres_http, sqlite_nats, postgres_nats);
 
 /// One course flow: a post, then two comments on it at once; their ids.
 async fn flow(
@@ -758,18 +726,7 @@ async fn flow(
     engines: Engines,
     i: usize,
 ) -> (String, Vec<String>) {
-    let created = system
-        .post(
-            &format!("{posts}/posts/create"),
-            &json!({"title": format!("flow {i}")}),
-        )
-        .await;
-    assert_eq!(
-        created.status,
-        StatusCode::CREATED,
-        "{engines}: {created:?}"
-    );
-    let post = created.body["id"].as_str().expect("id").to_owned();
+    let post = system.create_post_at(posts, &format!("flow {i}")).await;
     let on_post = format!("{comments}/posts/{post}/comments");
     let (first, second) = (format!("first {i}"), format!("second {i}"));
     let (first_body, second_body) = (json!({"content": first}), json!({"content": second}));
@@ -1011,10 +968,7 @@ async fn converged(system: &TestSystem, seeds: &[String], written: &Written) -> 
     Ok(())
 }
 
-#[tokio::test]
-async fn crashes_under_load_lose_nothing_and_apply_nothing_twice() {
-    support::on_each(support::http_bus_engines(), chaos).await;
-}
+engine_tests!(crashes_under_load_lose_nothing_and_apply_nothing_twice => chaos: sqlite_http, postgres_http);
 
 async fn chaos(engines: Engines) {
     /// Concurrent writers, so crashes land on batches, not single writes.
@@ -1146,13 +1100,8 @@ impl Unready {
                     }
                 }),
             );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}/events", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
+        let (base, server) = support::stand_in::serve(router).await;
+        let url = format!("{base}/events");
         Self {
             url,
             ready,
@@ -1168,10 +1117,7 @@ impl Drop for Unready {
     }
 }
 
-#[tokio::test]
-async fn an_unready_subscriber_gets_its_events_late_not_set_aside() {
-    support::on_each(support::http_bus_engines(), unready_subscriber).await;
-}
+engine_tests!(an_unready_subscriber_gets_its_events_late_not_set_aside => unready_subscriber: sqlite_http, postgres_http, sqlite_nats, postgres_nats);
 
 async fn unready_subscriber(engines: Engines) {
     let unready = Unready::start().await;
@@ -1211,41 +1157,47 @@ async fn unready_subscriber(engines: Engines) {
 // An event the bus refuses for good is set aside; the outbox goes on
 
 /// A course-like bus (no batch route) that refuses, with a 400, any post
-/// titled `refused`, and keeps the titles of what it stored.
-async fn refusing_bus() -> (String, Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+/// titled `refused` while its flag is up, and keeps the titles of what it
+/// stored.
+struct RefusingBus {
+    url: String,
+    stored: Arc<Mutex<Vec<String>>>,
+    refusing: Arc<AtomicBool>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+async fn refusing_bus() -> RefusingBus {
     let stored = Arc::new(Mutex::new(Vec::new()));
-    let kept = stored.clone();
-    let router = Router::new().route(
-        "/events",
-        post(move |body: Bytes| {
-            let kept = kept.clone();
-            async move {
-                let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let title = event["data"]["title"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                if title == "refused" {
-                    return (StatusCode::BAD_REQUEST, "never".to_owned());
-                }
-                kept.lock().unwrap().push(title);
-                (StatusCode::OK, r#"{"status":"OK"}"#.to_owned())
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    (url, stored, server)
+    let refusing = Arc::new(AtomicBool::new(true));
+    let (kept, refuse) = (stored.clone(), refusing.clone());
+    let (url, server) = support::stand_in::on_events(move |event| {
+        let title = event["data"]["title"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if title == "refused" && refuse.load(Ordering::Relaxed) {
+            return (StatusCode::BAD_REQUEST, "never".to_owned());
+        }
+        kept.lock().unwrap().push(title);
+        (StatusCode::OK, r#"{"status":"OK"}"#.to_owned())
+    })
+    .await;
+    RefusingBus {
+        url,
+        stored,
+        refusing,
+        server,
+    }
 }
 
 #[tokio::test]
 async fn an_event_the_bus_refuses_is_set_aside_and_the_outbox_goes_on() {
-    let (bus, stored, server) = refusing_bus().await;
+    let RefusingBus {
+        url: bus,
+        stored,
+        refusing,
+        server,
+    } = refusing_bus().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut settings = blog::settings::Settings::local(dir.path().join("data"));
     settings.bus = blog_bus::BusConfig::Http { url: bus };
@@ -1293,6 +1245,33 @@ async fn an_event_the_bus_refuses_is_set_aside_and_the_outbox_goes_on() {
     );
     let (ready, _) = http.get(&format!("{posts}/readyz")).await.expect("readyz");
     assert_eq!(ready, StatusCode::OK, "the relay is healthy again");
+
+    // Once the bus takes it, the letter is sent again: back in the outbox,
+    // then published, and no longer a dead letter.
+    refusing.store(false, Ordering::Relaxed);
+    let (status, body) = http
+        .post_json(&format!("{posts}/dead-letters/replay"), Bytes::new())
+        .await
+        .expect("replay");
+    assert_eq!(status, StatusCode::OK);
+    let replayed: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(replayed, json!({"replayed": 1, "failed": 0}));
+    let started = std::time::Instant::now();
+    while !stored.lock().unwrap().contains(&"refused".to_owned()) {
+        assert!(
+            started.elapsed() < CONVERGE,
+            "the replayed event never reached the bus"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, body) = http
+        .get(&format!("{posts}/dead-letters"))
+        .await
+        .expect("dead letters");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).expect("json"),
+        json!([])
+    );
     running.stop().await.expect("stop");
     server.abort();
 }
@@ -1300,34 +1279,19 @@ async fn an_event_the_bus_refuses_is_set_aside_and_the_outbox_goes_on() {
 // ---------------------------------------------------------------------------
 // A subscriber of ours gets only the event types it says it applies
 
-#[tokio::test]
-async fn the_bus_sends_a_subscriber_only_the_types_it_applies() {
-    support::on_each(support::http_bus_engines(), only_what_it_applies).await;
-}
+engine_tests!(the_bus_sends_a_subscriber_only_the_types_it_applies => only_what_it_applies: sqlite_http, postgres_http);
 
 async fn only_what_it_applies(engines: Engines) {
     // Says, as our services do, that it applies PostCreated only.
     let received = Arc::new(Mutex::new(Vec::<String>::new()));
     let kept = received.clone();
-    let router = Router::new().route(
-        "/events",
-        post(move |body: Bytes| {
-            let kept = kept.clone();
-            async move {
-                let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let kind = event["type"].as_str().unwrap_or_default().to_owned();
-                kept.lock().unwrap().push(kind);
-                ([(blog_kit::http::CONSUMES_HEADER, "PostCreated")], "{}")
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/events", listener.local_addr().unwrap());
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
+    let (base, server) = support::stand_in::on_events(move |event| {
+        let kind = event["type"].as_str().unwrap_or_default().to_owned();
+        kept.lock().unwrap().push(kind);
+        ([(blog_kit::http::CONSUMES_HEADER, "PostCreated")], "{}")
+    })
+    .await;
+    let url = format!("{base}/events");
     let extra = url.clone();
     let system = TestSystem::spawn_with(engines, |settings| {
         settings.extra_subscribers.push(extra);
