@@ -9,7 +9,12 @@
 #   4. infra/tests (pytest): the course's names, ports and selectors; the
 #      Ingress = the course's rules = `blog routes`; the restricted Pod
 #      Security Standard, probes, requests and limits, graceful termination;
-#      the production engines, budgets and network policies; the Dockerfile
+#      the production engines, budgets and network policies; the production
+#      PostgreSQL init script run on a private server of its own (initdb)
+#      and its roles' least privilege checked there; the optional
+#      Gateway API HTTPRoute (infra/k8s/components/gateway-api, which no
+#      overlay includes and whose CRDs kubernetes-validate does not know)
+#      against the v1 fields it uses and the Ingress's routing; the Dockerfile
 #      and its build context; skaffold.yaml per profile; and the base overlay
 #      run on loopback with the real binary through infra/smoke.sh.
 #
