@@ -770,6 +770,55 @@ class LiveReaders:
             sock.close()
 
 
+class UpdateProbe:
+    """While writes run: one comment every interval_s, timed from its 201 to
+    its id arriving on a live stream of its own (what a reader of an open
+    page waits for a new comment)."""
+
+    def __init__(self, args, s, post, interval_s=0.5):
+        self.args, self.s, self.post, self.interval_s = args, s, post, interval_s
+        self.delays, self.missed = [], 0
+        self.stop = threading.Event()
+        self.sock = socket.create_connection(("127.0.0.1", s.ports["query"]))
+        self.sock.sendall(b"GET /posts/live HTTP/1.1\r\nHost: bench\r\n\r\n")
+        self.sock.settimeout(0.2)
+        self.seen = b""
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def read(self):
+        try:
+            data = self.sock.recv(1 << 20)
+        except socket.timeout:
+            return
+        # Only the tail is kept: an id is found in the bytes after its 201.
+        self.seen = (self.seen + data)[-(1 << 22):]
+
+    def run(self):
+        h = Http(self.s.ports["comments"])
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            self.seen = b""
+            cid = create_comment(h, self.post, f"probe {n}").encode()
+            t0 = time.perf_counter()
+            while cid not in self.seen:
+                if time.perf_counter() - t0 > 30:
+                    self.missed += 1
+                    break
+                self.read()
+            else:
+                self.delays.append((time.perf_counter() - t0) * 1000)
+            self.stop.wait(self.interval_s)
+        h.close()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+        return {**(dist(self.delays, 1) or {}), "missed": self.missed}
+
+
 def settle(readers, quiet_s=1.0, limit_s=120):
     """Waits until the streams have read what they were sent (their
     snapshots): no new bytes for quiet_s."""
@@ -811,8 +860,10 @@ def m_streams(args, s):
     readers = LiveReaders(s.ports["query"], args.streams)
     settle(readers)
     snapshots = readers.bytes
+    probe = UpdateProbe(args, s, ids[0])
     out["with_streams"] = wrk_brief(
         wrk(args, s.url("comments"), 2, 16, args.duration, "comments.lua", [ids_file(s, ids)]))
+    out["comment_to_stream_ms"] = probe.close()
     out["rss_after_writes_mib"] = s.rss_mib()
     out["bytes_read_by_streams"] = readers.bytes
     out["bytes_of_changes_read_by_streams"] = readers.bytes - snapshots

@@ -45,6 +45,12 @@ describe('connectLive', () => {
       type: 'post',
       post: { id: 'p2', title: 'Two', comments: [{ id: 'c', content: 'x', status: 'pending' }] },
     });
+    es.send('comment', { id: 'c', postId: 'p2', content: 'x', status: 'approved' });
+    expect(actions[2]).toEqual({
+      type: 'comment',
+      postId: 'p2',
+      comment: { id: 'c', content: 'x', status: 'approved' },
+    });
   });
 
   it('ignores garbled events', () => {
@@ -53,6 +59,8 @@ describe('connectLive', () => {
     es.send('snapshot', 'not json');
     es.send('post', '{"no":"id"}');
     es.send('post', '{{{');
+    es.send('comment', '{"id":"c","content":"no post id"}');
+    es.send('comment', '[[');
     expect(actions).toEqual([]);
   });
 

@@ -1,4 +1,4 @@
-// Live updates: an EventSource on /posts/live (snapshot, then post events).
+// Live updates: an EventSource on /posts/live (snapshot, then post and comment events).
 // The browser's EventSource reconnects by itself after a dropped connection;
 // when it gives up (an HTTP error, e.g. the gateway answering 502 while query
 // restarts, or a server without /posts/live) we reconnect ourselves with
@@ -9,7 +9,7 @@
 
 import { useEffect, useState } from 'react';
 import { ApiError, fetchPostsText } from './api';
-import { parseSnapshot, toPost, type Action } from './state';
+import { parseSnapshot, toLiveComment, toPost, type Action } from './state';
 
 export type LiveStatus = 'connecting' | 'live' | 'reconnecting' | 'unavailable' | 'offline';
 
@@ -88,6 +88,14 @@ export function connectLive(
       try {
         const post = toPost(JSON.parse((event as MessageEvent<string>).data));
         if (post) dispatch({ type: 'post', post });
+      } catch {
+        // Ignore a garbled event.
+      }
+    });
+    es.addEventListener('comment', (event) => {
+      try {
+        const live = toLiveComment(JSON.parse((event as MessageEvent<string>).data));
+        if (live) dispatch({ type: 'comment', ...live });
       } catch {
         // Ignore a garbled event.
       }

@@ -54,6 +54,57 @@ describe('reducer', () => {
   });
 });
 
+describe('live comment events', () => {
+  const base = () =>
+    reducer(
+      initialState,
+      parseSnapshot(
+        '{"p":{"id":"p","title":"t","comments":[{"id":"c1","content":"a","status":"pending"},{"id":"c2","content":"b","status":"pending"}]}}',
+      ),
+    );
+
+  it('replaces a known comment in place and adds a new one last', () => {
+    let state = reducer(base(), {
+      type: 'comment',
+      postId: 'p',
+      comment: { id: 'c1', content: 'a', status: 'approved' },
+    });
+    state = reducer(state, { type: 'comment', postId: 'p', comment: { id: 'c3', content: 'c', status: 'pending' } });
+    expect(state.posts.p.comments.map((c) => [c.id, c.status])).toEqual([
+      ['c1', 'approved'],
+      ['c2', 'pending'],
+      ['c3', 'pending'],
+    ]);
+  });
+
+  it('never moves a comment back to pending', () => {
+    const approved = reducer(base(), {
+      type: 'comment',
+      postId: 'p',
+      comment: { id: 'c1', content: 'a', status: 'rejected' },
+    });
+    const late = reducer(approved, {
+      type: 'comment',
+      postId: 'p',
+      comment: { id: 'c1', content: 'a', status: 'pending' },
+    });
+    expect(late).toBe(approved);
+  });
+
+  it('confirms a comment we made, and drops one for a post it does not have', () => {
+    let state = reducer(base(), {
+      type: 'comments',
+      postId: 'p',
+      comments: [{ id: 'mine', content: 'm', status: 'pending' }],
+    });
+    expect(state.unconfirmed).toEqual({ mine: true });
+    state = reducer(state, { type: 'comment', postId: 'p', comment: { id: 'mine', content: 'm', status: 'approved' } });
+    expect(state.unconfirmed).toEqual({});
+    expect(state.posts.p.comments.find((c) => c.id === 'mine')?.status).toBe('approved');
+    expect(reducer(state, { type: 'comment', postId: 'nope', comment: { id: 'x', content: '', status: 'pending' } })).toBe(state);
+  });
+});
+
 describe('comments from a POST answer', () => {
   const base = () =>
     reducer(

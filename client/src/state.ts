@@ -22,6 +22,7 @@ export const initialState: PostsState = { order: [], posts: {}, unconfirmed: {},
 export type Action =
   | { type: 'snapshot'; order: string[]; posts: Record<string, Post> }
   | { type: 'post'; post: Post }
+  | { type: 'comment'; postId: string; comment: Comment }
   | { type: 'created'; post: { id: string; title: string } }
   | { type: 'comments'; postId: string; comments: Comment[] };
 
@@ -69,6 +70,13 @@ function toComment(raw: unknown): Comment | null {
     content: typeof c.content === 'string' ? c.content : '',
     status: typeof c.status === 'string' ? c.status : 'pending',
   };
+}
+
+/** A live `comment` event's data (`{id, postId, content, status}`), checked. */
+export function toLiveComment(raw: unknown): { postId: string; comment: Comment } | null {
+  const comment = toComment(raw);
+  const postId = (raw as Record<string, unknown> | null)?.postId;
+  return comment && typeof postId === 'string' ? { postId, comment } : null;
 }
 
 /** A post object from the server, checked; `null` when it is unusable. */
@@ -164,6 +172,24 @@ export function reducer(state: PostsState, action: Action): PostsState {
         posts: { ...state.posts, [incoming.id]: post },
         unconfirmed,
       };
+    }
+    case 'comment': {
+      const local = state.posts[action.postId];
+      // A post not here yet: its own `post` event brings the comment along.
+      if (!local) return state;
+      const incoming = action.comment;
+      const unconfirmed = withoutIds(state.unconfirmed, [incoming.id]);
+      const at = local.comments.findIndex((c) => c.id === incoming.id);
+      let comments: Comment[];
+      if (at < 0) {
+        comments = [...local.comments, incoming];
+      } else {
+        const mine = local.comments[at];
+        // Never back from approved/rejected to pending (an older copy).
+        if (isFinal(mine.status) && !isFinal(incoming.status)) return state;
+        comments = local.comments.map((c, i) => (i === at ? incoming : c));
+      }
+      return { ...state, posts: { ...state.posts, [local.id]: { ...local, comments } }, unconfirmed };
     }
     case 'created': {
       if (state.posts[action.post.id]) return state;

@@ -57,8 +57,14 @@ impl Projector {
 fn change_of(event: &Event) -> Option<Change<'_>> {
     match event {
         Event::PostCreated(post) => Some(Change::Post(&post.id)),
-        Event::CommentCreated(comment) => Some(Change::Comment(&comment.post_id)),
-        Event::CommentUpdated(comment) => Some(Change::Comment(&comment.post_id)),
+        Event::CommentCreated(comment) => Some(Change::Comment {
+            post: &comment.post_id,
+            comment: &comment.id,
+        }),
+        Event::CommentUpdated(comment) => Some(Change::Comment {
+            post: &comment.post_id,
+            comment: &comment.id,
+        }),
         Event::CommentModerated(_) => None,
     }
 }

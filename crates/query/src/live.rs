@@ -3,7 +3,7 @@
 //! every stream as it is, so an idle stream costs its connection and little
 //! else, and a burst of changes reaches each listener as one frame.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,17 +18,23 @@ use crate::model::Change;
 /// What changed, for live streams.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Changed {
-    /// This post or one of its comments.
+    /// This post: it is new, or what changed in it is unknown.
     Post(String),
+    /// This comment of this post.
+    Comment { post: String, comment: String },
     /// Changes may have been missed: every stream starts over.
     Everything,
 }
 
 impl From<&Change<'_>> for Changed {
     fn from(change: &Change<'_>) -> Self {
-        match change.post() {
-            Some(post) => Changed::Post(post.to_owned()),
-            None => Changed::Everything,
+        match change {
+            Change::Post(post) => Changed::Post((*post).to_owned()),
+            Change::Comment { post, comment } => Changed::Comment {
+                post: (*post).to_owned(),
+                comment: (*comment).to_owned(),
+            },
+            Change::Everything => Changed::Everything,
         }
     }
 }
@@ -156,22 +162,15 @@ impl Live {
                     None => return,
                 },
             };
-            let mut posts = BTreeSet::new();
-            let mut everything = false;
-            let mut take = |change: Changed| match change {
-                Changed::Post(id) => {
-                    posts.insert(id);
-                }
-                Changed::Everything => everything = true,
-            };
-            take(first);
+            let mut gathered = Gathered::default();
+            gathered.take(first);
             let deadline = tokio::time::Instant::now() + self.gather(last_frame);
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep_until(deadline) => break,
                     next = changed.recv() => match next {
-                        Some(change) => take(change),
+                        Some(change) => gathered.take(change),
                         None => break,
                     },
                 }
@@ -179,23 +178,74 @@ impl Live {
             if self.posts.receiver_count() == 0 {
                 continue;
             }
-            if everything {
+            if gathered.everything {
                 let _ = self.posts.send(LiveUpdate::Resync);
                 continue;
             }
-            let mut frame = BytesMut::new();
-            for post_id in &posts {
-                match self.model.post_json(post_id).await {
-                    Ok(Some(post)) => push_event(&mut frame, "post", &post),
-                    Ok(None) => {} // a comment whose post has not arrived yet
-                    Err(e) => tracing::warn!(error = %e, "could not render a changed post"),
-                }
-            }
+            let frame = self.frame(gathered).await;
             last_frame = frame.len();
             if !frame.is_empty() {
                 let _ = self.posts.send(LiveUpdate::Frame(frame.freeze()));
             }
         }
+    }
+}
+
+/// The changes gathered for one frame.
+#[derive(Default)]
+struct Gathered {
+    /// Posts sent whole (with all their comments).
+    posts: BTreeSet<String>,
+    /// Comments sent alone, by id, with their post's id.
+    comments: BTreeMap<String, String>,
+    everything: bool,
+}
+
+impl Gathered {
+    fn take(&mut self, change: Changed) {
+        match change {
+            Changed::Post(id) => {
+                self.posts.insert(id);
+            }
+            Changed::Comment { post, comment } => {
+                self.comments.insert(comment, post);
+            }
+            Changed::Everything => self.everything = true,
+        }
+    }
+}
+
+impl Live {
+    /// The frame for what was gathered: `post` events for the posts sent
+    /// whole, then a `comment` event for each changed comment of the other
+    /// posts. A comment is a few hundred bytes where its post with every
+    /// comment may be many kilobytes.
+    async fn frame(&self, gathered: Gathered) -> BytesMut {
+        let mut frame = BytesMut::new();
+        for post_id in &gathered.posts {
+            match self.model.post_json(post_id).await {
+                Ok(Some(post)) => push_event(&mut frame, "post", &post),
+                Ok(None) => {} // a comment whose post has not arrived yet
+                Err(e) => tracing::warn!(error = %e, "could not render a changed post"),
+            }
+        }
+        let comments: Vec<&str> = gathered
+            .comments
+            .iter()
+            .filter(|(_, post)| !gathered.posts.contains(*post))
+            .map(|(comment, _)| comment.as_str())
+            .collect();
+        if !comments.is_empty() {
+            match self.model.comments_json(&comments).await {
+                Ok(rendered) => {
+                    for comment in rendered {
+                        push_event(&mut frame, "comment", &comment);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not render changed comments"),
+            }
+        }
+        frame
     }
 }
 

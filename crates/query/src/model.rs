@@ -50,21 +50,24 @@ struct View {
 const RENDER_CHUNK: usize = 500;
 
 /// What a change touched.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Change<'a> {
     /// A new post (the list of posts changes).
     Post(&'a str),
-    /// A comment of this post.
-    Comment(&'a str),
+    /// One comment of a post.
+    Comment { post: &'a str, comment: &'a str },
     /// Unknown: rebuild everything.
     Everything,
 }
 
 impl<'a> Change<'a> {
-    /// How replicas tell each other (PostgreSQL `NOTIFY` payload).
+    /// How replicas tell each other (PostgreSQL `NOTIFY` payload):
+    /// `post:<id>`, or `comment:<length of the post id>:<post id><comment id>`
+    /// (ids may hold any character, a colon too).
     pub fn notification(&self) -> String {
         match self {
             Change::Post(id) => format!("post:{id}"),
-            Change::Comment(id) => format!("comment:{id}"),
+            Change::Comment { post, comment } => format!("comment:{}:{post}{comment}", post.len()),
             Change::Everything => String::new(),
         }
     }
@@ -72,7 +75,16 @@ impl<'a> Change<'a> {
     pub fn from_notification(payload: &'a str) -> Self {
         match payload.split_once(':') {
             Some(("post", id)) => Change::Post(id),
-            Some(("comment", id)) => Change::Comment(id),
+            Some(("comment", ids)) => ids
+                .split_once(':')
+                .and_then(|(len, ids)| {
+                    let at = len.parse::<usize>().ok()?;
+                    let (post, comment) = (ids.get(..at)?, ids.get(at..)?);
+                    Some(Change::Comment { post, comment })
+                })
+                // `comment:<post id>` from a replica of an earlier version:
+                // which comment is unknown, so the whole post is sent again.
+                .unwrap_or(Change::Post(ids)),
             _ => Change::Everything,
         }
     }
@@ -80,7 +92,7 @@ impl<'a> Change<'a> {
     /// The post it touched.
     pub fn post(&self) -> Option<&'a str> {
         match self {
-            Change::Post(id) | Change::Comment(id) => Some(id),
+            Change::Post(id) | Change::Comment { post: id, .. } => Some(id),
             Change::Everything => None,
         }
     }
@@ -109,8 +121,8 @@ impl ReadModel {
                 marks.order = true;
                 marks.posts.insert(id.to_owned());
             }
-            Change::Comment(id) => {
-                marks.posts.insert(id.to_owned());
+            Change::Comment { post, .. } => {
+                marks.posts.insert(post.to_owned());
             }
             Change::Everything => marks.all = true,
         }
@@ -224,6 +236,32 @@ impl ReadModel {
             view.rendered.insert(id, post);
         }
         Ok(view)
+    }
+
+    /// The comments `ids` as they are now, each with its post's id
+    /// (`{"id","postId","content","status"}`), in the order the post lists
+    /// them: one query per [`RENDER_CHUNK`] of them. A comment not stored
+    /// is left out.
+    pub async fn comments_json(&self, ids: &[&str]) -> Result<Vec<Bytes>, StorageError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(RENDER_CHUNK) {
+            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let mut query = sqlx::query(AssertSqlSafe(format!(
+                "SELECT id, post_id, content, status FROM comments WHERE id IN ({})
+                 ORDER BY COALESCE(created_seq, 9223372036854775807), pos",
+                list.join(", ")
+            )));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(self.db.pool()).await? {
+                let post_id: String = row.try_get("post_id")?;
+                let mut comment = comment_json(&row)?;
+                comment["postId"] = Value::String(post_id);
+                out.push(Bytes::from(comment.to_string()));
+            }
+        }
+        Ok(out)
     }
 
     /// One post with its comments, or `None` until its `PostCreated` arrived.
@@ -355,4 +393,38 @@ pub(crate) async fn store_comment(tx: &mut Tx, said: CommentEvent<'_>) -> Result
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Change;
+
+    #[test]
+    fn notifications_carry_both_ids_whatever_they_hold() {
+        for change in [
+            Change::Post("p:1"),
+            Change::Comment {
+                post: "p:1",
+                comment: "c:2",
+            },
+            Change::Comment {
+                post: "é",
+                comment: "",
+            },
+            Change::Everything,
+        ] {
+            let payload = change.notification();
+            assert_eq!(Change::from_notification(&payload), change, "{payload}");
+        }
+    }
+
+    #[test]
+    fn a_comment_notification_of_an_earlier_version_resends_its_post() {
+        assert_eq!(Change::from_notification("comment:p1"), Change::Post("p1"));
+        assert_eq!(
+            Change::from_notification("comment:9:p1"),
+            Change::Post("9:p1")
+        );
+        assert_eq!(Change::from_notification("what"), Change::Everything);
+    }
 }

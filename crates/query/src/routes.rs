@@ -87,14 +87,18 @@ async fn posts(State(state): State<AppState>) -> Result<Response, ApiError> {
 /// browsers keep it open.
 const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(15);
 
-/// `GET /posts/live`: a snapshot, then each changed post as it changes.
+/// `GET /posts/live`: a snapshot, then each change as it happens.
 /// Every stream sends the same shared frames; beyond the configured number
 /// of streams the answer is 503.
 ///
 /// Server-sent events: first `event: snapshot` with `data:` the same object
-/// as `GET /posts` (QueryPosts), then `event: post` with `data:` one changed
-/// post (QueryPost, which replaces the client's copy; a new post goes last),
-/// and a keep-alive comment line every 15 s.
+/// as `GET /posts` (QueryPosts); then `event: post` with `data:` a new post
+/// or one whose changes are unknown (QueryPost, which replaces the client's
+/// copy; a new post goes last), and `event: comment` with `data:` one new or
+/// changed comment with its post's id (`{"id","postId","content","status"}`:
+/// it replaces the comment of that id, or goes last in its post); and a
+/// keep-alive comment line every 15 s. A `snapshot` may come again at any
+/// time (after changes were missed): it replaces everything.
 #[utoipa::path(
     get,
     path = "/posts/live",
@@ -102,7 +106,7 @@ const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(15);
     responses(
         (
             status = 200,
-            description = "An endless `text/event-stream`: `snapshot`, then `post` events.",
+            description = "An endless `text/event-stream`: `snapshot`, then `post` and `comment` events.",
             content_type = "text/event-stream",
             body = String
         ),

@@ -608,3 +608,152 @@ async fn the_operators_commands_tell_the_truth_about_a_running_system(engines: s
     assert!(told, "only moderation is down, but:\n{last}");
     system.shutdown().await;
 }
+
+/// One server-sent event: its name and its data.
+struct SseEvent {
+    name: String,
+    data: serde_json::Value,
+}
+
+/// Reads `GET /posts/live` as HTTP/1.0, so the body comes as it is (no
+/// chunks) until the server closes.
+struct LiveReader {
+    socket: tokio::net::TcpStream,
+    buffer: Vec<u8>,
+    head_read: bool,
+}
+
+impl LiveReader {
+    async fn open(addr: std::net::SocketAddr) -> Self {
+        use tokio::io::AsyncWriteExt;
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        socket
+            .write_all(b"GET /posts/live HTTP/1.0\r\nHost: query\r\n\r\n")
+            .await
+            .unwrap();
+        Self {
+            socket,
+            buffer: Vec::new(),
+            head_read: false,
+        }
+    }
+
+    /// The next event (keep-alive comment lines skipped).
+    async fn next(&mut self) -> SseEvent {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if !self.head_read
+                && let Some(end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n")
+            {
+                let head = String::from_utf8_lossy(&self.buffer[..end]).into_owned();
+                assert!(
+                    head.starts_with("HTTP/1.") && head.contains(" 200 "),
+                    "{head}"
+                );
+                self.buffer.drain(..end + 4);
+                self.head_read = true;
+            }
+            if self.head_read
+                && let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n")
+            {
+                let block = String::from_utf8(self.buffer.drain(..end + 2).collect()).unwrap();
+                let mut name = None;
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(event) = line.strip_prefix("event: ") {
+                        name = Some(event.to_owned());
+                    } else if let Some(line) = line.strip_prefix("data: ") {
+                        data.push_str(line);
+                    }
+                }
+                if let Some(name) = name {
+                    let data = serde_json::from_str(&data).unwrap();
+                    return SseEvent { name, data };
+                }
+                continue;
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let read = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                self.socket.read(&mut chunk),
+            )
+            .await
+            .expect("an event within a minute")
+            .unwrap();
+            assert!(read > 0, "the live stream ended");
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+}
+
+engine_tests!(a_live_stream_sends_a_changed_comment_alone_and_a_new_post_whole: sqlite_http, postgres_http, sqlite_nats, postgres_nats);
+async fn a_live_stream_sends_a_changed_comment_alone_and_a_new_post_whole(
+    engines: support::Engines,
+) {
+    let system = TestSystem::spawn(engines).await;
+    let post = system.create_post("Busy").await;
+    // A post with many long comments: sending it whole for each change
+    // would send all of them.
+    let mut earlier = Vec::new();
+    for i in 0..10 {
+        earlier.push((
+            system
+                .comment(&post, &format!("{i} {}", "x".repeat(500)))
+                .await,
+            false,
+        ));
+    }
+    system.until_decided(&post, &earlier).await;
+
+    let mut live = LiveReader::open(system.addrs[&ServiceKind::Query]).await;
+    let first = live.next().await;
+    assert_eq!(first.name, "snapshot");
+    assert_eq!(first.data[&post]["comments"].as_array().unwrap().len(), 10);
+
+    let comment = system.comment(&post, "short").await;
+    let other = system.create_post("Next").await;
+    let mut seen = Vec::new();
+    let (mut approved, mut new_post) = (false, false);
+    while !(approved && new_post) {
+        let event = live.next().await;
+        match event.name.as_str() {
+            // Changes made just before the stream opened may still be on
+            // their way: sent again, they say what the snapshot said.
+            "comment" if event.data["id"] != comment.as_str() => {
+                assert!(
+                    earlier
+                        .iter()
+                        .any(|(id, _)| event.data["id"] == id.as_str())
+                );
+                assert_eq!(event.data["status"], "approved");
+            }
+            "comment" => {
+                assert_eq!(event.data["postId"], post.as_str());
+                assert_eq!(event.data["content"], "short");
+                approved |= event.data["status"] == "approved";
+            }
+            "post" => {
+                assert_eq!(
+                    event.data["id"],
+                    other.as_str(),
+                    "only the new post goes whole"
+                );
+                assert_eq!(event.data["title"], "Next");
+                new_post = true;
+            }
+            // Changes the stream may have missed (a replica's listener
+            // connecting late) are sent again as a snapshot.
+            "snapshot" => {
+                let comments = event.data[&post]["comments"].as_array().unwrap();
+                approved |= comments
+                    .iter()
+                    .any(|c| c["id"] == comment.as_str() && c["status"] == "approved");
+                new_post |= event.data.get(&other).is_some();
+            }
+            name => panic!("unexpected event {name}"),
+        }
+        seen.push(event.name);
+    }
+    assert!(seen.contains(&"comment".to_owned()), "{seen:?}");
+    system.shutdown().await;
+}
