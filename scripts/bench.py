@@ -29,6 +29,13 @@ PostgreSQL databases, all removed afterwards):
                query's data only, start again and time until query shows it all;
                then `blog replay query` rebuilds the same log while query runs
 
+  streams      comment creation (wrk) with and without --streams live streams
+               open; query's memory with idle streams and after they close
+  live         one post with --live-comments comments and --streams live streams
+               open; a comment every 0.5 s for --duration s, each timed from its
+               201 to its arrival on an open stream, and the bytes every stream
+               read meanwhile
+
 Needs wrk (Debian package `wrk`); with --postgres, psql to drop the bench's
 databases. Python 3 standard library only."""
 
@@ -53,7 +60,7 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LUA = os.path.join(HERE, "bench")
-MEASURES = ["basics", "create", "propagation", "sequential", "burst", "reads", "replay", "streams"]
+MEASURES = ["basics", "create", "propagation", "sequential", "burst", "reads", "replay", "streams", "live"]
 # Events in the log per post with k comments: PostCreated, then per comment
 # CommentCreated, CommentModerated and CommentUpdated.
 REPLAY_COMMENTS_PER_POST = 4
@@ -743,6 +750,7 @@ class LiveReaders:
         self.sel = selectors.EpollSelector()
         self.socks = []
         self.bytes = 0
+        self.snapshots = 0
         self.stop = threading.Event()
         for _ in range(n):
             sock = socket.create_connection(("127.0.0.1", port))
@@ -761,6 +769,8 @@ class LiveReaders:
                 except BlockingIOError:
                     continue
                 self.bytes += len(data)
+                # (An event name split across two reads is missed: a rough count.)
+                self.snapshots += data.count(b"event: snapshot")
 
     def close(self):
         self.stop.set()
@@ -859,14 +869,14 @@ def m_streams(args, s):
     # every change is fanned out to all of them.
     readers = LiveReaders(s.ports["query"], args.streams)
     settle(readers)
-    snapshots = readers.bytes
-    probe = UpdateProbe(args, s, ids[0])
+    snapshots, snapshot_events = readers.bytes, readers.snapshots
     out["with_streams"] = wrk_brief(
         wrk(args, s.url("comments"), 2, 16, args.duration, "comments.lua", [ids_file(s, ids)]))
-    out["comment_to_stream_ms"] = probe.close()
     out["rss_after_writes_mib"] = s.rss_mib()
     out["bytes_read_by_streams"] = readers.bytes
     out["bytes_of_changes_read_by_streams"] = readers.bytes - snapshots
+    # Snapshots sent again while writing: streams that fell behind.
+    out["snapshots_resent_while_writing"] = readers.snapshots - snapshot_events
     readers.close()
     first.close()
     time.sleep(15)
@@ -884,6 +894,35 @@ def m_streams(args, s):
     before, after = out["rss_before_streams_mib"], out["rss_after_streams_closed_mib"]
     out["rss_after_close_change_pct"] = round((after - before) / before * 100, 1) if before else None
     return out
+
+
+def m_live(args, s):
+    s.start()
+    (post,), _ = seed_posts(s, 1)
+    n = args.live_comments
+    text = "an earlier comment on a busy post, about as long as a short reply " * 2
+    _, errors, _ = concurrent(s.ports["comments"], range(n),
+                              lambda h, i: create_comment(h, post, f"{i} {text}"))
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {n} comments failed, first: {errors[0]}")
+    wait_query(s, lambda p, c, d, b: c == n and d == n, args.timeout, f"{n} comments decided")
+    readers = LiveReaders(s.ports["query"], args.streams)
+    settle(readers)
+    snapshots = readers.bytes
+    probe = UpdateProbe(args, s, post)
+    time.sleep(args.duration)
+    delays = probe.close()
+    time.sleep(1)
+    changes = readers.bytes - snapshots
+    readers.close()
+    return {
+        "streams": args.streams, "comments_on_the_post": n,
+        "snapshot_bytes_per_stream": round(snapshots / args.streams),
+        "comment_to_stream_ms": delays,
+        "bytes_of_changes_per_stream": round(changes / args.streams),
+        "note": "a new comment every 0.5 s on a post with comments_on_the_post comments while "
+                "`streams` pages are open; comment_to_stream_ms from its 201 to its id arriving on a stream",
+    }
 
 
 def m_reads(args, make_system):
@@ -977,6 +1016,12 @@ def human(results):
             f"({st['write_p99_change_pct']:+} %), {st['without_streams']['rps']:,.0f} -> "
             f"{st['with_streams']['rps']:,.0f}/s; idle streams: RSS {st['rss_before_streams_mib']} -> {st['rss_streams_open_mib']} -> "
             f"{st['rss_after_streams_closed_mib']} MiB (before / open / closed, {st['rss_after_close_change_pct']:+} %)")
+    lv = g(r, "live")
+    if lv and "error" not in lv and lv["comment_to_stream_ms"].get("n"):
+        d = lv["comment_to_stream_ms"]
+        add(f"a comment to {lv['streams']:,} open pages (post of {lv['comments_on_the_post']})",
+            f"p50 {d['p50']} p99 {d['p99']} max {d['max']} ms; {lv['bytes_of_changes_per_stream']:,} bytes "
+            f"of changes per page ({lv['snapshot_bytes_per_stream']:,} snapshot)")
     for name, rr in r.items():
         if isinstance(rr, dict) and "error" in rr:
             add(f"{name}", f"ERROR {rr['error'][:100]}")
@@ -1002,7 +1047,8 @@ def main():
                     help="keep-alive connections of the paced writer (enough to keep the rate at high latency)")
     ap.add_argument("--reads-posts", default="100,10000", help="post counts for the reads measure")
     ap.add_argument("--replay-events", type=int, default=100_000, help="at least this many events in the replayed log")
-    ap.add_argument("--streams", type=int, default=2000, help="live streams open during the streams measure")
+    ap.add_argument("--streams", type=int, default=2000, help="live streams open during the streams and live measures")
+    ap.add_argument("--live-comments", type=int, default=1000, help="comments on the live measure's post")
     ap.add_argument("--timeout", type=float, default=900, help="seconds to wait for any one convergence")
     ap.add_argument("--logs", help="keep the servers' logs in this directory (default: a temporary one, removed)")
     ap.add_argument("--log-level", default="warn", help="BLOG_LOG for the servers")
@@ -1031,7 +1077,7 @@ def main():
 
     fns = {
         "basics": m_basics, "create": m_create, "propagation": m_propagation, "sequential": m_sequential,
-        "burst": m_burst, "replay": m_replay, "streams": m_streams,
+        "burst": m_burst, "replay": m_replay, "streams": m_streams, "live": m_live,
     }
     results = {}
     try:

@@ -42,7 +42,7 @@ impl From<&Change<'_>> for Changed {
 /// What a live stream is told.
 #[derive(Clone, Debug)]
 pub enum LiveUpdate {
-    /// SSE events, ready to send: the changed posts, rendered.
+    /// SSE events, ready to send: the changed posts and comments, rendered.
     Frame(Bytes),
     /// Changes may have been missed: send a fresh snapshot.
     Resync,
@@ -106,10 +106,16 @@ impl Live {
 
     /// How long to gather the next changes: long enough that a frame the
     /// size of the last one, sent to every open stream, stays within the
-    /// fan-out budget.
-    fn gather(&self, last_frame: usize) -> Duration {
-        let open = self.open() as u64;
-        let bytes = open.saturating_mul(last_frame as u64);
+    /// fan-out budget. After an idle spell it starts over, whatever the
+    /// last burst cost.
+    fn gather(&self, last: Option<&LastFrame>) -> Duration {
+        let Some(last) = last else {
+            return GATHER;
+        };
+        if last.sent.elapsed() > LONGEST_GATHER {
+            return GATHER;
+        }
+        let bytes = (self.open() as u64).saturating_mul(last.bytes as u64);
         let budget =
             Duration::from_micros(bytes.saturating_mul(1_000_000) / FAN_OUT_BYTES_PER_SECOND);
         budget.clamp(GATHER, LONGEST_GATHER)
@@ -153,7 +159,7 @@ impl Live {
         mut changed: UnboundedReceiver<Changed>,
         shutdown: CancellationToken,
     ) {
-        let mut last_frame = 0;
+        let mut last: Option<LastFrame> = None;
         loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -164,7 +170,7 @@ impl Live {
             };
             let mut gathered = Gathered::default();
             gathered.take(first);
-            let deadline = tokio::time::Instant::now() + self.gather(last_frame);
+            let deadline = tokio::time::Instant::now() + self.gather(last.as_ref());
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -183,12 +189,21 @@ impl Live {
                 continue;
             }
             let frame = self.frame(gathered).await;
-            last_frame = frame.len();
+            last = Some(LastFrame {
+                bytes: frame.len(),
+                sent: tokio::time::Instant::now(),
+            });
             if !frame.is_empty() {
                 let _ = self.posts.send(LiveUpdate::Frame(frame.freeze()));
             }
         }
     }
+}
+
+/// What the last frame cost, for the next window (see [`Live::gather`]).
+struct LastFrame {
+    bytes: usize,
+    sent: tokio::time::Instant,
 }
 
 /// The changes gathered for one frame.
@@ -218,16 +233,43 @@ impl Gathered {
 impl Live {
     /// The frame for what was gathered: `post` events for the posts sent
     /// whole, then a `comment` event for each changed comment of the other
-    /// posts. A comment is a few hundred bytes where its post with every
-    /// comment may be many kilobytes.
-    async fn frame(&self, gathered: Gathered) -> BytesMut {
-        let mut frame = BytesMut::new();
-        for post_id in &gathered.posts {
-            match self.model.post_json(post_id).await {
-                Ok(Some(post)) => push_event(&mut frame, "post", &post),
-                Ok(None) => {} // a comment whose post has not arrived yet
-                Err(e) => tracing::warn!(error = %e, "could not render a changed post"),
+    /// posts. A comment alone is a few hundred bytes where its post with
+    /// every comment may be many kilobytes; but a post most of whose
+    /// comments changed goes whole, which is then the smaller.
+    async fn frame(&self, mut gathered: Gathered) -> BytesMut {
+        let mut by_post: BTreeMap<&str, usize> = BTreeMap::new();
+        for post in gathered.comments.values() {
+            if !gathered.posts.contains(post) {
+                *by_post.entry(post.as_str()).or_default() += 1;
             }
+        }
+        if !by_post.is_empty() {
+            let posts: Vec<&str> = by_post.keys().copied().collect();
+            match self.model.comment_counts(&posts).await {
+                Ok(counts) => {
+                    let whole: Vec<String> = by_post
+                        .iter()
+                        .filter(|(post, changed)| {
+                            *changed * 2 >= counts.get(**post).copied().unwrap_or(0)
+                        })
+                        .map(|(post, _)| (*post).to_owned())
+                        .collect();
+                    gathered.posts.extend(whole);
+                }
+                // Comment by comment, then: never larger than needed.
+                Err(e) => tracing::warn!(error = %e, "could not count comments"),
+            }
+        }
+        let mut frame = BytesMut::new();
+        let whole: Vec<&str> = gathered.posts.iter().map(String::as_str).collect();
+        // A post not stored yet is left out: its comments go with it later.
+        match self.model.some_posts_json(&whole).await {
+            Ok(posts) => {
+                for post in posts {
+                    push_event(&mut frame, "post", &post);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not render changed posts"),
         }
         let comments: Vec<&str> = gathered
             .comments

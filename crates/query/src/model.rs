@@ -264,9 +264,45 @@ impl ReadModel {
         Ok(out)
     }
 
-    /// One post with its comments, or `None` until its `PostCreated` arrived.
-    pub async fn post_json(&self, id: &str) -> Result<Option<Bytes>, StorageError> {
-        Ok(self.render(&[id]).await?.pop().map(|(_, post)| post))
+    /// How many comments each of the posts `ids` has (a post without any,
+    /// or not stored, is left out).
+    pub async fn comment_counts(
+        &self,
+        ids: &[&str],
+    ) -> Result<HashMap<String, usize>, StorageError> {
+        let mut counts = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(RENDER_CHUNK) {
+            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let mut query = sqlx::query(AssertSqlSafe(format!(
+                "SELECT post_id, COUNT(*) AS comments FROM comments WHERE post_id IN ({})
+                 GROUP BY post_id",
+                list.join(", ")
+            )));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(self.db.pool()).await? {
+                let comments: i64 = row.try_get("comments")?;
+                counts.insert(
+                    row.try_get("post_id")?,
+                    usize::try_from(comments).unwrap_or(0),
+                );
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The posts `ids` with their comments, in the order of `ids`; a post
+    /// whose `PostCreated` has not arrived is left out. Two queries per
+    /// [`RENDER_CHUNK`] of them.
+    pub async fn some_posts_json(&self, ids: &[&str]) -> Result<Vec<Bytes>, StorageError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(RENDER_CHUNK) {
+            let mut rendered: HashMap<String, Bytes> =
+                self.render(chunk).await?.into_iter().collect();
+            out.extend(chunk.iter().filter_map(|id| rendered.remove(*id)));
+        }
+        Ok(out)
     }
 }
 

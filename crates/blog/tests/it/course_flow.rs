@@ -711,10 +711,18 @@ async fn a_live_stream_sends_a_changed_comment_alone_and_a_new_post_whole(
     assert_eq!(first.data[&post]["comments"].as_array().unwrap().len(), 10);
 
     let comment = system.comment(&post, "short").await;
+    // A new post, and a first comment on it: most of its comments changed,
+    // so it goes whole, the smaller of the two.
     let other = system.create_post("Next").await;
+    let first_of_other = system.comment(&other, "first").await;
     let mut seen = Vec::new();
-    let (mut approved, mut new_post) = (false, false);
-    while !(approved && new_post) {
+    let (mut approved, mut other_done) = (false, false);
+    let approved_in = |post: &serde_json::Value, id: &str| {
+        post["comments"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["id"] == id && c["status"] == "approved"))
+    };
+    while !(approved && other_done) {
         let event = live.next().await;
         match event.name.as_str() {
             // Changes made just before the stream opened may still be on
@@ -739,16 +747,13 @@ async fn a_live_stream_sends_a_changed_comment_alone_and_a_new_post_whole(
                     "only the new post goes whole"
                 );
                 assert_eq!(event.data["title"], "Next");
-                new_post = true;
+                other_done |= approved_in(&event.data, &first_of_other);
             }
             // Changes the stream may have missed (a replica's listener
             // connecting late) are sent again as a snapshot.
             "snapshot" => {
-                let comments = event.data[&post]["comments"].as_array().unwrap();
-                approved |= comments
-                    .iter()
-                    .any(|c| c["id"] == comment.as_str() && c["status"] == "approved");
-                new_post |= event.data.get(&other).is_some();
+                approved |= approved_in(&event.data[&post], &comment);
+                other_done |= approved_in(&event.data[&other], &first_of_other);
             }
             name => panic!("unexpected event {name}"),
         }
