@@ -2,6 +2,7 @@
 //! comments, built only from events, served as `GET /posts` and pushed live
 //! as server-sent events on `GET /posts/live`.
 
+mod frame;
 mod handler;
 mod listen;
 mod live;

@@ -13,6 +13,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 
 use crate::ReadModel;
+use crate::frame::Frame;
 use crate::model::Change;
 
 /// What changed, for live streams.
@@ -43,7 +44,7 @@ impl From<&Change<'_>> for Changed {
 #[derive(Clone, Debug)]
 pub enum LiveUpdate {
     /// SSE events, ready to send: the changed posts and comments, rendered.
-    Frame(Bytes),
+    Frame(Arc<Frame>),
     /// Changes may have been missed: send a fresh snapshot.
     Resync,
 }
@@ -60,7 +61,7 @@ const FAN_OUT_BYTES_PER_SECOND: u64 = 16 * 1024 * 1024;
 const LONGEST_GATHER: Duration = Duration::from_secs(10);
 
 /// A comment line that keeps idle connections (and proxies) open.
-pub const KEEP_ALIVE: Bytes = Bytes::from_static(b":\n\n");
+const KEEP_ALIVE: Bytes = Bytes::from_static(b":\n\n");
 
 /// Appends one SSE event. The JSON the model renders is one line, but a
 /// line break in `data` would end the event early, so each line is framed.
@@ -76,6 +77,9 @@ fn push_event(frame: &mut BytesMut, event: &str, data: &[u8]) {
     frame.put_u8(b'\n');
 }
 
+/// A snapshot frame and the body it was built from.
+type Snapshot = (Bytes, Arc<Frame>);
+
 /// Fan-out of changed posts to live streams.
 #[derive(Clone)]
 pub struct Live {
@@ -86,7 +90,8 @@ pub struct Live {
     max_streams: usize,
     /// The last snapshot frame, with the body it was built from: many
     /// streams opening at once share one copy.
-    snapshot: Arc<Mutex<Option<(Bytes, Bytes)>>>,
+    snapshot: Arc<Mutex<Option<Snapshot>>>,
+    keep_alive: Arc<Frame>,
 }
 
 impl Live {
@@ -101,6 +106,7 @@ impl Live {
             streams: Arc::new(Semaphore::new(max_streams.max(1))),
             max_streams: max_streams.max(1),
             snapshot: Arc::new(Mutex::new(None)),
+            keep_alive: Frame::new(KEEP_ALIVE),
         }
     }
 
@@ -121,6 +127,11 @@ impl Live {
         budget.clamp(GATHER, LONGEST_GATHER)
     }
 
+    /// The keep-alive line, as a frame.
+    pub fn keep_alive(&self) -> Arc<Frame> {
+        self.keep_alive.clone()
+    }
+
     /// Streams open now.
     pub fn open(&self) -> usize {
         self.max_streams - self.streams.available_permits()
@@ -136,7 +147,7 @@ impl Live {
     }
 
     /// Every post, as one `snapshot` event.
-    pub async fn snapshot(&self) -> Result<Bytes, blog_storage::StorageError> {
+    pub async fn snapshot(&self) -> Result<Arc<Frame>, blog_storage::StorageError> {
         let body = self.model.posts_json().await?;
         let mut cached = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((of, frame)) = cached.as_ref()
@@ -147,7 +158,7 @@ impl Live {
         }
         let mut frame = BytesMut::with_capacity(body.len() + 32);
         push_event(&mut frame, "snapshot", &body);
-        let frame = frame.freeze();
+        let frame = Frame::new(frame.freeze());
         *cached = Some((body, frame.clone()));
         Ok(frame)
     }
@@ -194,7 +205,9 @@ impl Live {
                 sent: tokio::time::Instant::now(),
             });
             if !frame.is_empty() {
-                let _ = self.posts.send(LiveUpdate::Frame(frame.freeze()));
+                let _ = self
+                    .posts
+                    .send(LiveUpdate::Frame(Frame::new(frame.freeze())));
             }
         }
     }

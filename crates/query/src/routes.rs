@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use blog_events::Status;
@@ -15,7 +15,8 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::ReadModel;
-use crate::live::{KEEP_ALIVE, Live, LiveUpdate};
+use crate::frame::Encoding;
+use crate::live::{Live, LiveUpdate};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -98,7 +99,9 @@ const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(15);
 /// changed comment with its post's id (`{"id","postId","content","status"}`:
 /// it replaces the comment of that id, or goes last in its post); and a
 /// keep-alive comment line every 15 s. A `snapshot` may come again at any
-/// time (after changes were missed): it replaces everything.
+/// time (after changes were missed): it replaces everything. With
+/// `Accept-Encoding: gzip` the stream is gzip-encoded, each frame deflated
+/// once for every such stream.
 #[utoipa::path(
     get,
     path = "/posts/live",
@@ -113,12 +116,14 @@ const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(15);
         (status = 503, description = "Too many live streams are open.", body = ErrorBody)
     )
 )]
-async fn live(State(state): State<AppState>) -> Result<Response, ApiError> {
+async fn live(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let Some(permit) = state.live.admit() else {
         return Err(ApiError::Busy(
             "too many live streams are open; try again later".into(),
         ));
     };
+    // Each frame is deflated once for all the streams that take gzip.
+    let encoding = Encoding::accepted(&headers);
     // Subscribe before reading the snapshot, so no change falls in between.
     let updates = state.live.subscribe();
     let first = state.live.snapshot().await?;
@@ -127,10 +132,10 @@ async fn live(State(state): State<AppState>) -> Result<Response, ApiError> {
     keep_alive.reset();
     let rest = stream::unfold(
         (updates, state, keep_alive, permit),
-        |(mut updates, state, mut keep_alive, permit)| async move {
+        move |(mut updates, state, mut keep_alive, permit)| async move {
             let frame = tokio::select! {
                 () = state.stop.cancelled() => return None,
-                _ = keep_alive.tick() => KEEP_ALIVE,
+                _ = keep_alive.tick() => state.live.keep_alive(),
                 next = updates.recv() => match next {
                     Ok(LiveUpdate::Frame(frame)) => frame,
                     // Fell behind, or changes were missed: start over from a snapshot.
@@ -147,18 +152,31 @@ async fn live(State(state): State<AppState>) -> Result<Response, ApiError> {
                 },
             };
             Some((
-                Ok::<_, Infallible>(frame),
+                Ok::<_, Infallible>(frame.bytes(encoding)),
                 (updates, state, keep_alive, permit),
             ))
         },
     );
-    let events = stream::once(async move { Ok(first) }).chain(rest);
-    Ok((
+    // The preamble (empty but for gzip) and the shared snapshot, not copied.
+    let opening = [encoding.preamble(), first.bytes(encoding)]
+        .into_iter()
+        .filter(|bytes| !bytes.is_empty())
+        .map(Ok);
+    let events = stream::iter(opening).chain(rest);
+    let mut response = (
         [
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
+            (header::VARY, "accept-encoding"),
         ],
         Body::from_stream(events),
     )
-        .into_response())
+        .into_response();
+    if encoding == Encoding::Gzip {
+        response.headers_mut().insert(
+            header::CONTENT_ENCODING,
+            header::HeaderValue::from_static("gzip"),
+        );
+    }
+    Ok(response)
 }

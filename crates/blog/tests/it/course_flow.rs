@@ -616,25 +616,57 @@ struct SseEvent {
 }
 
 /// Reads `GET /posts/live` as HTTP/1.0, so the body comes as it is (no
-/// chunks) until the server closes.
+/// chunks) until the server closes; gzip-encoded if asked for.
 struct LiveReader {
     socket: tokio::net::TcpStream,
-    buffer: Vec<u8>,
+    head: Vec<u8>,
+    /// The answer's head has been read: the rest is body.
     head_read: bool,
+    /// With gzip: the inflater, and the gzip header's bytes still to skip.
+    gzip: Option<(flate2::Decompress, usize)>,
+    /// Body bytes as they came over the wire.
+    wire_bytes: usize,
+    /// The event stream's text, not yet parsed.
+    text: Vec<u8>,
 }
 
 impl LiveReader {
     async fn open(addr: std::net::SocketAddr) -> Self {
+        Self::open_with(addr, "").await
+    }
+
+    async fn open_with(addr: std::net::SocketAddr, headers: &str) -> Self {
         use tokio::io::AsyncWriteExt;
         let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-        socket
-            .write_all(b"GET /posts/live HTTP/1.0\r\nHost: query\r\n\r\n")
-            .await
-            .unwrap();
+        let request = format!("GET /posts/live HTTP/1.0\r\nHost: query\r\n{headers}\r\n");
+        socket.write_all(request.as_bytes()).await.unwrap();
         Self {
             socket,
-            buffer: Vec::new(),
+            head: Vec::new(),
             head_read: false,
+            gzip: None,
+            wire_bytes: 0,
+            text: Vec::new(),
+        }
+    }
+
+    fn take_body(&mut self, bytes: &[u8]) {
+        self.wire_bytes += bytes.len();
+        let Some((inflate, skip)) = self.gzip.as_mut() else {
+            self.text.extend_from_slice(bytes);
+            return;
+        };
+        let skipped = (*skip).min(bytes.len());
+        *skip -= skipped;
+        let mut input = &bytes[skipped..];
+        while !input.is_empty() {
+            self.text.reserve(64 * 1024);
+            let before = inflate.total_in();
+            inflate
+                .decompress_vec(input, &mut self.text, flate2::FlushDecompress::Sync)
+                .expect("a valid deflate stream");
+            let used = usize::try_from(inflate.total_in() - before).unwrap();
+            input = &input[used..];
         }
     }
 
@@ -642,21 +674,8 @@ impl LiveReader {
     async fn next(&mut self) -> SseEvent {
         use tokio::io::AsyncReadExt;
         loop {
-            if !self.head_read
-                && let Some(end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n")
-            {
-                let head = String::from_utf8_lossy(&self.buffer[..end]).into_owned();
-                assert!(
-                    head.starts_with("HTTP/1.") && head.contains(" 200 "),
-                    "{head}"
-                );
-                self.buffer.drain(..end + 4);
-                self.head_read = true;
-            }
-            if self.head_read
-                && let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n")
-            {
-                let block = String::from_utf8(self.buffer.drain(..end + 2).collect()).unwrap();
+            if let Some(end) = self.text.windows(2).position(|w| w == b"\n\n") {
+                let block = String::from_utf8(self.text.drain(..end + 2).collect()).unwrap();
                 let mut name = None;
                 let mut data = String::new();
                 for line in block.lines() {
@@ -681,9 +700,65 @@ impl LiveReader {
             .expect("an event within a minute")
             .unwrap();
             assert!(read > 0, "the live stream ended");
-            self.buffer.extend_from_slice(&chunk[..read]);
+            if self.head_read {
+                self.take_body(&chunk[..read]);
+                continue;
+            }
+            self.head.extend_from_slice(&chunk[..read]);
+            if let Some(end) = self.head.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.head[..end]).to_lowercase();
+                assert!(
+                    head.starts_with("http/1.") && head.contains(" 200 "),
+                    "{head}"
+                );
+                if head.contains("\r\ncontent-encoding: gzip") {
+                    self.gzip = Some((flate2::Decompress::new(false), 10));
+                }
+                self.head_read = true;
+                let body = self.head.split_off(end + 4);
+                self.take_body(&body);
+            }
         }
     }
+}
+
+engine_tests!(a_live_stream_in_gzip_says_the_same_in_fewer_bytes: sqlite_http);
+async fn a_live_stream_in_gzip_says_the_same_in_fewer_bytes(engines: support::Engines) {
+    let system = TestSystem::spawn(engines).await;
+    let post = system.create_post("Compressed").await;
+    let mut earlier = Vec::new();
+    for i in 0..20 {
+        let content = format!("{i}{}", " words".repeat(50));
+        earlier.push((system.comment(&post, &content).await, false));
+    }
+    system.until_decided(&post, &earlier).await;
+    let query = system.addrs[&ServiceKind::Query];
+    let mut plain = LiveReader::open(query).await;
+    let mut gzip = LiveReader::open_with(query, "Accept-Encoding: br, gzip;q=0.8\r\n").await;
+    let (first, first_gzip) = (plain.next().await, gzip.next().await);
+    assert!(plain.gzip.is_none() && gzip.gzip.is_some());
+    assert_eq!(
+        (first.name.as_str(), &first.data),
+        (first_gzip.name.as_str(), &first_gzip.data)
+    );
+    assert_eq!(first.data[&post]["comments"].as_array().unwrap().len(), 20);
+    assert!(
+        gzip.wire_bytes * 4 < plain.wire_bytes,
+        "gzip {} bytes, plain {}",
+        gzip.wire_bytes,
+        plain.wire_bytes
+    );
+    // What comes next is the same in both, gzip or not.
+    let comment = system.comment(&post, "after the snapshot").await;
+    for reader in [&mut plain, &mut gzip] {
+        loop {
+            let event = reader.next().await;
+            if event.name == "comment" && event.data["id"] == comment.as_str() {
+                break;
+            }
+        }
+    }
+    system.shutdown().await;
 }
 
 engine_tests!(a_live_stream_sends_a_changed_comment_alone_and_a_new_post_whole: sqlite_http, postgres_http, sqlite_nats, postgres_nats);

@@ -109,6 +109,16 @@ impl Up {
     }
 }
 
+/// A test that fails half-way leaves no `blog up` running behind it.
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 async fn json(http: &HttpClient, url: &str) -> Option<Value> {
     let (status, body) = http.get(url).await.ok()?;
     status
