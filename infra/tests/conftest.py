@@ -124,6 +124,33 @@ def container_port(container, port):
     return None
 
 
+
+def assert_reaches_a_pod(services, workloads_, name, port):
+    """Service `name` selects at least one workload, and every workload it
+    selects has a container with the Service port's target port."""
+    (service_port,) = [p for p in services[name]["spec"]["ports"] if p["port"] == port]
+    backends = [w for w in workloads_ if selects(services[name]["spec"]["selector"], pod_labels(w))]
+    assert backends, f"{name} selects no pod"
+    for w in backends:
+        assert any(
+            container_port(c, service_port["targetPort"]) for c in w["spec"]["template"]["spec"]["containers"]
+        ), f"{w['metadata']['name']} has no port {service_port['targetPort']}"
+
+
+def http_status(url, timeout=2):
+    """The status of GET `url`, or None when nothing answers."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
 def env_map(container):
     return {e["name"]: e.get("value") for e in container.get("env", [])}
 

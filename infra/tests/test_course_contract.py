@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import COURSE, COURSE_RULES, OVERLAYS, blog_bin, by_kind, container_port, pod_labels, render, selects
+from conftest import COURSE, COURSE_RULES, OVERLAYS, assert_reaches_a_pod, blog_bin, by_kind, container_port, pod_labels, render
 
 
 def ingress_rules(docs):
@@ -76,14 +76,7 @@ def test_every_ingress_backend_reaches_a_pod_on_its_port(target):
     services, pods = by_kind(docs, "Service"), [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
     _, _, rules = ingress_rules(docs)
     for r in rules:
-        service = services[r["service"]]
-        (port,) = [p for p in service["spec"]["ports"] if p["port"] == r["port"]]
-        backends = [w for w in pods if selects(service["spec"]["selector"], pod_labels(w))]
-        assert backends, f"{r['service']} selects no pod"
-        for w in backends:
-            assert any(
-                container_port(c, port["targetPort"]) for c in w["spec"]["template"]["spec"]["containers"]
-            ), f"{w['metadata']['name']} has no port {port['targetPort']}"
+        assert_reaches_a_pod(services, pods, r["service"], r["port"])
 
 
 def test_prefix_paths_are_plain_paths():

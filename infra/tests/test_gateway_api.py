@@ -30,7 +30,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import K8S, OVERLAYS, ROOT, by_kind, container_port, kubectl, pod_labels, render, selects
+from conftest import K8S, OVERLAYS, ROOT, assert_reaches_a_pod, by_kind, container_port, kubectl, pod_labels, render, selects
 from test_production import flow_model
 
 COMPONENT = K8S / "components/gateway-api"
@@ -293,14 +293,7 @@ def test_the_route_reaches_the_ingress_backends_on_their_ports(with_component, t
     ingress_refs = {(p["backend"]["service"]["name"], p["backend"]["service"]["port"]["number"]) for p in rule["http"]["paths"]}
     assert refs == ingress_refs, "the Ingress's Services and ports, no more, no fewer"
     for name, port in refs:
-        service = services[name]
-        (service_port,) = [p for p in service["spec"]["ports"] if p["port"] == port]
-        backends = [w for w in pods if selects(service["spec"]["selector"], pod_labels(w))]
-        assert backends, f"{name} selects no pod"
-        for w in backends:
-            assert any(
-                container_port(c, service_port["targetPort"]) for c in w["spec"]["template"]["spec"]["containers"]
-            ), f"{w['metadata']['name']} has no port {service_port['targetPort']}"
+        assert_reaches_a_pod(services, pods, name, port)
 
 
 def test_the_route_is_the_same_in_every_overlay(with_component):

@@ -19,28 +19,16 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
-from conftest import ROOT, blog_bin, by_kind, effective, effective_env, exec_form, render, selects
+from conftest import ROOT, blog_bin, by_kind, effective, effective_env, exec_form, http_status, render, selects
 
 
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def get(url, timeout=2):
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return None
 
 
 class Pod:
@@ -110,7 +98,7 @@ def wait_ready(pods, deadline):
     while pending and time.monotonic() < deadline:
         for name, pod in list(pending.items()):
             assert pod.process.poll() is None, f"{name} exited ({pod.process.returncode}):\n{pod.logs()}"
-            if get(pod.probe_url("readinessProbe")) == 200:
+            if http_status(pod.probe_url("readinessProbe")) == 200:
                 del pending[name]
         time.sleep(0.1)
     assert not pending, "never ready: " + ", ".join(f"{n}:\n{p.logs()}" for n, p in pending.items())
@@ -157,7 +145,7 @@ def test_the_base_manifests_run_the_course_flow_and_stop_gracefully(running):
     # Every probe the manifests declare answers 200.
     for name, pod in pods.items():
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert get(pod.probe_url(probe)) == 200, f"{name} {probe}"
+            assert http_status(pod.probe_url(probe)) == 200, f"{name} {probe}"
 
     # The course's flow through the gateway (= the Ingress rules).
     assert shutil.which("curl"), "curl runs infra/smoke.sh"

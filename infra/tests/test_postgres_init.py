@@ -69,7 +69,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COURSE, ROOT, blog_bin, by_kind, in_ci, pod_spec, render
+from conftest import COURSE, ROOT, blog_bin, by_kind, http_status, in_ci, pod_spec, render
 
 # The services whose StatefulSets run the script here; the first two also
 # run as `blog serve` processes against it.
@@ -355,16 +355,6 @@ def test_no_role_can_create_databases_or_roles_or_is_a_superuser(server):
 # ---------------------------------------------------------- the services
 
 
-def get(url, timeout=2):
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return None
-
-
 def post_json(url, body):
     request = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as r:
@@ -420,7 +410,7 @@ def test_the_services_migrate_their_databases_as_their_roles_and_become_ready(se
         while pending and time.monotonic() < started + READY_TIMEOUT:
             for name, s in list(pending.items()):
                 assert s.process.poll() is None, f"{name} exited ({s.process.returncode}):\n{s.logs()}"
-                if get(s.url + "/readyz") == 200:
+                if http_status(s.url + "/readyz") == 200:
                     del pending[name]
             time.sleep(0.1)
         assert not pending, "never ready: " + "\n".join(f"--- {n}\n{s.logs()}" for n, s in pending.items())
@@ -441,7 +431,7 @@ def test_the_services_migrate_their_databases_as_their_roles_and_become_ready(se
             ran = server.superuser("SELECT count(*), bool_and(success) FROM _sqlx_migrations", database)
             assert ran == [f"{len(migrations)}|t"], f"{app}: its migrations {migrations}, ran {ran}"
             owners = server.superuser(
-                f"SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+                "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
                 database)
             assert owners == [user], f"{database}: tables owned by {owners}"
         expected = {"postgres", "template0", "template1"} | {role(server, app)[2] for app in SERVICES}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, by_kind, dockerfile, effective, glob_matches, render, workloads
+from conftest import ROOT, dockerfile, effective, glob_matches, render, workloads
 
 CONFIG = yaml.safe_load((ROOT / "skaffold.yaml").read_text())
 
