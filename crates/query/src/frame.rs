@@ -66,6 +66,18 @@ impl Frame {
         })
     }
 
+    /// A frame with its gzip form made ready on a blocking thread: the
+    /// streams that send it at once then never wait on a compression that
+    /// holds an async worker (and, through the lock, the workers of other
+    /// streams of the same frame).
+    pub async fn deflated(plain: Bytes) -> Arc<Self> {
+        let frame = Self::new(plain);
+        let ready = frame.clone();
+        // Should the task fail, the first gzip stream deflates it instead.
+        let _ = tokio::task::spawn_blocking(move || ready.bytes(Encoding::Gzip)).await;
+        frame
+    }
+
     /// The frame's bytes in `encoding`.
     pub fn bytes(&self, encoding: Encoding) -> Bytes {
         match encoding {

@@ -207,7 +207,7 @@ impl Live {
             if !frame.is_empty() {
                 let _ = self
                     .posts
-                    .send(LiveUpdate::Frame(Frame::new(frame.freeze())));
+                    .send(LiveUpdate::Frame(Frame::deflated(frame.freeze()).await));
             }
         }
     }
