@@ -2,7 +2,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use blog_events::{CommentCreated, CommentUpdated, PostCreated};
-use blog_storage::{Db, Row, StorageError, Tx};
+use blog_storage::{Db, Row, StorageError, Tx, placeholders};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{Value, json};
 use sqlx::AssertSqlSafe;
@@ -86,14 +86,6 @@ impl<'a> Change<'a> {
                 // which comment is unknown, so the whole post is sent again.
                 .unwrap_or(Change::Post(ids)),
             _ => Change::Everything,
-        }
-    }
-
-    /// The post it touched.
-    pub fn post(&self) -> Option<&'a str> {
-        match self {
-            Change::Post(id) | Change::Comment { post: id, .. } => Some(id),
-            Change::Everything => None,
         }
     }
 }
@@ -200,8 +192,7 @@ impl ReadModel {
     /// The posts `ids` rendered, in two queries whatever their number (a
     /// busy second changes thousands of posts).
     async fn render(&self, ids: &[&str]) -> Result<Vec<(String, Bytes)>, StorageError> {
-        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
-        let list = placeholders.join(", ");
+        let list = placeholders(ids.len());
         let mut conn = self.db.pool().acquire().await?;
         let mut posts = sqlx::query(AssertSqlSafe(format!(
             "SELECT id, title FROM posts WHERE id IN ({list})"
@@ -240,28 +231,22 @@ impl ReadModel {
 
     /// The comments `ids` as they are now, each with its post's id
     /// (`{"id","postId","content","status"}`), in the order the post lists
-    /// them: one query per [`RENDER_CHUNK`] of them. A comment not stored
-    /// is left out.
+    /// them. A comment not stored is left out.
     pub async fn comments_json(&self, ids: &[&str]) -> Result<Vec<Bytes>, StorageError> {
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(RENDER_CHUNK) {
-            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let mut query = sqlx::query(AssertSqlSafe(format!(
-                "SELECT id, post_id, content, status FROM comments WHERE id IN ({})
+        let rows = self
+            .rows_where_in(
+                "SELECT id, post_id, content, status FROM comments WHERE id IN ({list})
                  ORDER BY COALESCE(created_seq, 9223372036854775807), pos",
-                list.join(", ")
-            )));
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            for row in query.fetch_all(self.db.pool()).await? {
-                let post_id: String = row.try_get("post_id")?;
-                let mut comment = comment_json(&row)?;
-                comment["postId"] = Value::String(post_id);
-                out.push(Bytes::from(comment.to_string()));
-            }
-        }
-        Ok(out)
+                ids,
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let mut comment = comment_json(row)?;
+                comment["postId"] = Value::String(row.try_get("post_id")?);
+                Ok(Bytes::from(comment.to_string()))
+            })
+            .collect()
     }
 
     /// How many comments each of the posts `ids` has (a post without any,
@@ -270,26 +255,42 @@ impl ReadModel {
         &self,
         ids: &[&str],
     ) -> Result<HashMap<String, usize>, StorageError> {
-        let mut counts = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(RENDER_CHUNK) {
-            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let mut query = sqlx::query(AssertSqlSafe(format!(
-                "SELECT post_id, COUNT(*) AS comments FROM comments WHERE post_id IN ({})
+        let rows = self
+            .rows_where_in(
+                "SELECT post_id, COUNT(*) AS comments FROM comments WHERE post_id IN ({list})
                  GROUP BY post_id",
-                list.join(", ")
-            )));
+                ids,
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let comments: i64 = row.try_get("comments")?;
+                Ok((
+                    row.try_get("post_id")?,
+                    usize::try_from(comments).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
+    /// The rows of `sql` with `{list}` standing for `ids`: one query per
+    /// [`RENDER_CHUNK`] of them (a busy second changes thousands).
+    async fn rows_where_in(
+        &self,
+        sql: &str,
+        ids: &[&str],
+    ) -> Result<Vec<blog_storage::AnyRow>, StorageError> {
+        let mut rows = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(RENDER_CHUNK) {
+            let mut query = sqlx::query(AssertSqlSafe(
+                sql.replace("{list}", &placeholders(chunk.len())),
+            ));
             for id in chunk {
                 query = query.bind(*id);
             }
-            for row in query.fetch_all(self.db.pool()).await? {
-                let comments: i64 = row.try_get("comments")?;
-                counts.insert(
-                    row.try_get("post_id")?,
-                    usize::try_from(comments).unwrap_or(0),
-                );
-            }
+            rows.extend(query.fetch_all(self.db.pool()).await?);
         }
-        Ok(counts)
+        Ok(rows)
     }
 
     /// The posts `ids` with their comments, in the order of `ids`; a post

@@ -127,6 +127,15 @@ fn postgres_url(url: &str) -> Result<url::Url, StorageError> {
     Ok(parsed)
 }
 
+/// `$1, $2, …, $n`: the placeholders of an `IN (…)` list of `n` values
+/// (both engines take this form through `sqlx::Any`).
+pub fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `url` with its database replaced by `database` (credentials and query
 /// string kept).
 pub fn with_database(url: &str, database: &str) -> Result<String, StorageError> {

@@ -9,7 +9,7 @@ mod writer;
 
 pub use db::{
     DEFAULT_STARTUP_TIMEOUT, Db, Engine, Migrations, Statement, StorageConfig, StorageError,
-    Writes, database_of, with_database,
+    Writes, database_of, placeholders, with_database,
 };
 pub use futures_util::future::BoxFuture;
 pub use sqlx::migrate::Migrator;

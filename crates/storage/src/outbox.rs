@@ -108,10 +108,9 @@ pub async fn remove_claimed(
     if batch.is_empty() {
         return Ok(());
     }
-    let placeholders: Vec<String> = (1..=batch.len()).map(|i| format!("${i}")).collect();
     let sql = format!(
         "DELETE FROM outbox WHERE seq IN ({})",
-        placeholders.join(", ")
+        crate::placeholders(batch.len())
     );
     let mut delete = sqlx::query(sqlx::AssertSqlSafe(sql));
     for pending in batch {
