@@ -4,7 +4,7 @@
 //! else, and a burst of changes reaches each listener as one frame.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use blog_kit::CancellationToken;
@@ -90,7 +90,7 @@ pub struct Live {
     max_streams: usize,
     /// The last snapshot frame, with the body it was built from: many
     /// streams opening at once share one copy.
-    snapshot: Arc<Mutex<Option<Snapshot>>>,
+    snapshot: Arc<tokio::sync::Mutex<Option<Snapshot>>>,
     keep_alive: Arc<Frame>,
 }
 
@@ -105,26 +105,17 @@ impl Live {
             posts,
             streams: Arc::new(Semaphore::new(max_streams.max(1))),
             max_streams: max_streams.max(1),
-            snapshot: Arc::new(Mutex::new(None)),
+            snapshot: Arc::new(tokio::sync::Mutex::new(None)),
             keep_alive: Frame::new(KEEP_ALIVE),
         }
     }
 
-    /// How long to gather the next changes: long enough that a frame the
-    /// size of the last one, sent to every open stream, stays within the
-    /// fan-out budget. After an idle spell it starts over, whatever the
-    /// last burst cost.
+    /// How long to gather the next changes (see [`window`]).
     fn gather(&self, last: Option<&LastFrame>) -> Duration {
-        let Some(last) = last else {
-            return GATHER;
-        };
-        if last.sent.elapsed() > LONGEST_GATHER {
-            return GATHER;
-        }
-        let bytes = (self.open() as u64).saturating_mul(last.bytes as u64);
-        let budget =
-            Duration::from_micros(bytes.saturating_mul(1_000_000) / FAN_OUT_BYTES_PER_SECOND);
-        budget.clamp(GATHER, LONGEST_GATHER)
+        window(
+            self.open(),
+            last.map(|last| (last.bytes, last.sent.elapsed())),
+        )
     }
 
     /// The keep-alive line, as a frame.
@@ -149,7 +140,9 @@ impl Live {
     /// Every post, as one `snapshot` event.
     pub async fn snapshot(&self) -> Result<Arc<Frame>, blog_storage::StorageError> {
         let body = self.model.posts_json().await?;
-        let mut cached = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        // Held while the frame is built: streams opening at once wait for
+        // the one copy (and its gzip form, made off the async workers).
+        let mut cached = self.snapshot.lock().await;
         if let Some((of, frame)) = cached.as_ref()
             && of.as_ptr() == body.as_ptr()
             && of.len() == body.len()
@@ -158,7 +151,7 @@ impl Live {
         }
         let mut frame = BytesMut::with_capacity(body.len() + 32);
         push_event(&mut frame, "snapshot", &body);
-        let frame = Frame::new(frame.freeze());
+        let frame = Frame::deflated(frame.freeze()).await;
         *cached = Some((body, frame.clone()));
         Ok(frame)
     }
@@ -213,7 +206,24 @@ impl Live {
     }
 }
 
-/// What the last frame cost, for the next window (see [`Live::gather`]).
+/// How long to gather the next changes, given the streams open and the
+/// last frame (its size, and how long ago it went out): long enough that a
+/// frame the size of the last one, sent to every open stream, stays within
+/// the fan-out budget. After an idle spell it starts over, whatever the
+/// last burst cost.
+fn window(open: usize, last: Option<(usize, Duration)>) -> Duration {
+    let Some((bytes, ago)) = last else {
+        return GATHER;
+    };
+    if ago > LONGEST_GATHER {
+        return GATHER;
+    }
+    let bytes = (open as u64).saturating_mul(bytes as u64);
+    let budget = Duration::from_micros(bytes.saturating_mul(1_000_000) / FAN_OUT_BYTES_PER_SECOND);
+    budget.clamp(GATHER, LONGEST_GATHER)
+}
+
+/// What the last frame cost, for the next window (see [`window`]).
 struct LastFrame {
     bytes: usize,
     sent: tokio::time::Instant,
@@ -307,6 +317,24 @@ impl Live {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_window_keeps_the_fan_out_within_budget_and_starts_over_when_idle() {
+        let just = Some(Duration::from_millis(10));
+        assert_eq!(window(2000, None), GATHER);
+        // 2,000 × 100 bytes is far within 16 MiB/s: the shortest window.
+        assert_eq!(window(2000, just.map(|ago| (100, ago))), GATHER);
+        // 2,000 × 16 KiB = 32 MiB: two seconds' budget.
+        assert_eq!(
+            window(2000, just.map(|ago| (16 * 1024, ago))),
+            Duration::from_micros(1_953_125)
+        );
+        // A whole snapshot to every stream: never longer than the longest.
+        assert_eq!(window(2000, just.map(|ago| (1 << 20, ago))), LONGEST_GATHER);
+        // The same frame long ago: what comes now starts over.
+        let idle = LONGEST_GATHER + Duration::from_secs(1);
+        assert_eq!(window(2000, Some((1 << 20, idle))), GATHER);
+    }
 
     #[test]
     fn frames_each_line_of_the_data() {
