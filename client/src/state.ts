@@ -113,6 +113,9 @@ export function parseSnapshot(text: string): Extract<Action, { type: 'snapshot' 
 
 const isFinal = (status: string) => status !== 'pending';
 
+/** An older copy: it would move `mine` back from approved/rejected to pending. */
+const isOlderThan = (incoming: Comment, mine: Comment) => isFinal(mine.status) && !isFinal(incoming.status);
+
 /**
  * The server's comments, with two safeguards: a status never goes back from
  * approved/rejected to pending (an older copy arriving late), and comments we
@@ -123,7 +126,7 @@ export function mergeComments(local: Comment[], incoming: Comment[], unconfirmed
   const incomingIds = new Set(incoming.map((c) => c.id));
   const merged = incoming.map((c) => {
     const mine = localById.get(c.id);
-    return mine && isFinal(mine.status) && !isFinal(c.status) ? mine : c;
+    return mine && isOlderThan(c, mine) ? mine : c;
   });
   for (const c of local) {
     if (!incomingIds.has(c.id) && unconfirmed[c.id]) merged.push(c);
@@ -184,9 +187,7 @@ export function reducer(state: PostsState, action: Action): PostsState {
       if (at < 0) {
         comments = [...local.comments, incoming];
       } else {
-        const mine = local.comments[at];
-        // Never back from approved/rejected to pending (an older copy).
-        if (isFinal(mine.status) && !isFinal(incoming.status)) return state;
+        if (isOlderThan(incoming, local.comments[at])) return state;
         comments = local.comments.map((c, i) => (i === at ? incoming : c));
       }
       return { ...state, posts: { ...state.posts, [local.id]: { ...local, comments } }, unconfirmed };
