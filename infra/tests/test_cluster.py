@@ -458,12 +458,16 @@ def test_a_course_service_takes_part_through_the_bridge(cluster):
         found = [x for x in (post or {}).get("comments") or [] if x.get("id") == comment_id]
         return found if [(x.get("content"), x.get("status")) for x in found] == [("from a course service", status)] else None
 
-    for q in queries:
-        try:
-            cs.wait_for(f"{q.name}: the course service's comment", lambda q=q: in_query(q, "pending"), FLOW_TIMEOUT, 0.25)
-        except TimeoutError:
-            pytest.fail(f"the bridge stored the course service's CommentCreated as seq {seq}, but {q.name}'s GET /posts "
-                        f"shows post {post_id} as {_query_post(q, post_id)!r} after {FLOW_TIMEOUT} s\n{diagnose(c)}")
+    def until_every_query_shows(status, what, failure):
+        for q in queries:
+            try:
+                cs.wait_for(f"{q.name}: {what}", lambda q=q: in_query(q, status), FLOW_TIMEOUT, 0.25)
+            except TimeoutError:
+                pytest.fail(f"{failure(q)}: post {post_id} is {_query_post(q, post_id)!r} after {FLOW_TIMEOUT} s\n{diagnose(c)}")
+
+    until_every_query_shows(
+        "pending", "the course service's comment",
+        lambda q: f"the bridge stored the course service's CommentCreated as seq {seq}, but not {q.name}'s GET /posts")
     c.timeline["course_comment_in_query_s"] = round(time.monotonic() - started, 2)
 
     # Our moderation's decision, delivered to the course service.
@@ -499,12 +503,9 @@ def test_a_course_service_takes_part_through_the_bridge(cluster):
                "data": {"id": comment_id, "postId": post_id, "content": "from a course service", "status": "approved"}}
     seq_updated, why = publish_as_course_service(c.bridge, updated)
     assert seq_updated and seq_updated > seq, f"POST {c.bridge.url}/events {updated}: {why or seq_updated}\n{diagnose(c)}"
-    for q in queries:
-        try:
-            cs.wait_for(f"{q.name}: the course service's comment approved", lambda q=q: in_query(q, "approved"), FLOW_TIMEOUT, 0.25)
-        except TimeoutError:
-            pytest.fail(f"the course service's CommentUpdated (seq {seq_updated}) never reached {q.name}: post {post_id} is "
-                        f"{_query_post(q, post_id)!r}\n{diagnose(c)}")
+    until_every_query_shows(
+        "approved", "the course service's comment approved",
+        lambda q: f"the course service's CommentUpdated (seq {seq_updated}) never reached {q.name}")
     c.timeline["course_comment_approved_in_query_s"] = round(time.monotonic() - started, 2)
 
 

@@ -10,6 +10,7 @@ import subprocess
 from urllib.parse import urlparse
 
 import pytest
+import yaml
 
 from conftest import (
     COURSE,
@@ -108,8 +109,6 @@ def test_the_images_come_from_the_registry_set_in_the_overlay(docs):
             assert tag and re.search(r"\d", tag), f"{w['metadata']['name']}: {c['image']} is pinned"
             if name in COURSE:
                 assert repository == f"registry.example.com/blog/{name}", c["image"]
-    import yaml
-
     kustomization = yaml.safe_load((K8S / "overlays/production/kustomization.yaml").read_text())
     images = {i["name"]: i for i in kustomization["images"]}
     assert set(images) == set(COURSE), "one entry per Dockerfile target"
@@ -508,18 +507,22 @@ def test_the_ingress_controller_reaches_exactly_the_ingress_backends(flows):
     assert not flows("elsewhere", "posts-depl", 4000), "not from another namespace's pods"
 
 
-def test_the_ingress_controller_namespace_is_set_in_one_place(tmp_path):
-    """Change settings.yaml alone: every policy follows, none still names the old namespace."""
+def production_with_setting(tmp_path, key, value, new_value):
+    """The production overlay rendered with one line of settings.yaml
+    changed (`key: value` to `key: new_value`), from a copy of infra/k8s."""
     copy = tmp_path / "k8s"
     shutil.copytree(K8S, copy)
     settings = copy / "overlays/production/settings.yaml"
     text = settings.read_text()
-    assert f"ingress-controller-namespace: {INGRESS_NAMESPACE}" in text
-    settings.write_text(text.replace(f"ingress-controller-namespace: {INGRESS_NAMESPACE}", "ingress-controller-namespace: traefik"))
-    import yaml
-
+    assert f"{key}: {value}" in text
+    settings.write_text(text.replace(f"{key}: {value}", f"{key}: {new_value}"))
     out = subprocess.run([kubectl(), "kustomize", str(copy / "overlays/production")], check=True, capture_output=True, text=True).stdout
-    moved = [d for d in yaml.safe_load_all(out) if d]
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def test_the_ingress_controller_namespace_is_set_in_one_place(tmp_path):
+    """Change settings.yaml alone: every policy follows, none still names the old namespace."""
+    moved = production_with_setting(tmp_path, "ingress-controller-namespace", INGRESS_NAMESPACE, "traefik")
     policies = [d for d in moved if d["kind"] == "NetworkPolicy"]
     assert INGRESS_NAMESPACE not in yaml.safe_dump(policies)
     assert not [d for d in moved if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "production-settings"]
@@ -554,16 +557,7 @@ def test_prometheus_reaches_every_part_on_its_metrics_port_only(flows, docs):
 def test_the_monitoring_namespace_is_set_in_one_place(tmp_path):
     """Change settings.yaml alone: every policy admits Prometheus from the new
     namespace, none from the old."""
-    copy = tmp_path / "k8s"
-    shutil.copytree(K8S, copy)
-    settings = copy / "overlays/production/settings.yaml"
-    text = settings.read_text()
-    assert f"monitoring-namespace: {MONITORING_NAMESPACE}" in text
-    settings.write_text(text.replace(f"monitoring-namespace: {MONITORING_NAMESPACE}", "monitoring-namespace: observability"))
-    import yaml
-
-    out = subprocess.run([kubectl(), "kustomize", str(copy / "overlays/production")], check=True, capture_output=True, text=True).stdout
-    moved = [d for d in yaml.safe_load_all(out) if d]
+    moved = production_with_setting(tmp_path, "monitoring-namespace", MONITORING_NAMESPACE, "observability")
     policies = [d for d in moved if d["kind"] == "NetworkPolicy"]
     assert MONITORING_NAMESPACE not in yaml.safe_dump(policies)
     new, old = flow_model(moved, monitoring_namespace="observability"), flow_model(moved)
