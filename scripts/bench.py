@@ -29,8 +29,9 @@ PostgreSQL databases, all removed afterwards):
                query's data only, start again and time until query shows it all;
                then `blog replay query` rebuilds the same log while query runs
 
-  streams      comment creation (wrk) with and without --streams live streams
-               open; query's memory with idle streams and after they close
+  streams      comment creation (wrk) over 1,000 posts: --stream-rounds runs with
+               --streams live streams open, each between two runs without;
+               query's memory with idle streams and after they close
   live         one post with --live-comments comments and --streams live streams
                open; a comment every 0.5 s for --duration s, each timed from its
                201 to its arrival on an open stream, and the bytes every stream
