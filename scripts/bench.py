@@ -878,8 +878,9 @@ def m_streams(args, s):
     wait_query(s, lambda p, c, d, b: p == 1000, args.timeout, "1,000 posts")
     out = {"streams": args.streams}
     out["rss_before_mib"] = s.rss_mib()
-    out["without_streams"] = wrk_brief(
+    brief = lambda: wrk_brief(
         wrk(args, s.url("comments"), 2, 16, args.duration, "comments.lua", [ids_file(s, ids)]))
+    runs_without, runs_with, changes = [brief()], [], []
     # Memory: the streams open, read their snapshots and sit idle; then
     # close. Nothing is written meanwhile, so what stays is what the
     # streams kept, not data the writes added. One stream first, so that
@@ -902,9 +903,6 @@ def m_streams(args, s):
     # grow slower run by run: a run with streams is compared with the mean
     # of the runs just before and after it, at about its own data size, and
     # over several rounds.
-    brief = lambda: wrk_brief(
-        wrk(args, s.url("comments"), 2, 16, args.duration, "comments.lua", [ids_file(s, ids)]))
-    runs_without, runs_with, changes = [out.pop("without_streams")], [], []
     out["bytes_read_by_streams"] = out["bytes_of_changes_read_by_streams"] = 0
     out["snapshots_resent_while_writing"] = 0
     for _ in range(args.stream_rounds):
@@ -924,8 +922,8 @@ def m_streams(args, s):
     out["p99_ms_without_streams"] = [r["p99_ms"] for r in runs_without]
     out["p99_ms_with_streams"] = [r["p99_ms"] for r in runs_with]
     out["write_p99_change_pct_by_round"] = changes
-    known = sorted(c for c in changes if c is not None)
-    out["write_p99_change_pct"] = known[len(known) // 2] if known else None
+    known = [c for c in changes if c is not None]
+    out["write_p99_change_pct"] = round(statistics.median(known), 1) if known else None
     time.sleep(15)
     out["rss_after_writes_and_streams_closed_mib"] = s.rss_mib()
     before, after = out["rss_before_streams_mib"], out["rss_after_streams_closed_mib"]
