@@ -64,7 +64,15 @@ pub fn recorder() -> Option<&'static PrometheusHandle> {
 /// asked and wasteful to track on every change.
 pub type Refresh = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 
-static REFRESHERS: Mutex<Vec<(u64, Refresh)>> = Mutex::new(Vec::new());
+/// A registered refresh and the runtime it was registered on, which owns
+/// the sockets it reads through (a pool's connections).
+struct Refresher {
+    id: u64,
+    refresh: Refresh,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+static REFRESHERS: Mutex<Vec<Refresher>> = Mutex::new(Vec::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// Keeps a [`Refresh`] registered; dropping it (the part stops) removes it.
@@ -77,20 +85,66 @@ impl Drop for Registration {
         // what holds another registration (a read model holds its
         // database, which holds its pool's), whose drop takes the lock.
         let removed = REFRESHERS.lock().ok().and_then(|mut refreshers| {
-            let at = refreshers.iter().position(|(id, _)| *id == self.0)?;
+            let at = refreshers.iter().position(|r| r.id == self.0)?;
             Some(refreshers.swap_remove(at))
         });
         drop(removed);
     }
 }
 
-/// Runs `refresh` before every scrape, for as long as the registration lives.
+/// Runs `refresh` before every scrape, for as long as the registration lives,
+/// on the runtime it is registered from (when there is one).
+///
+/// Why that runtime: a connection a refresh opens is registered with the
+/// runtime it runs on and goes back to its pool. Run from the scraping
+/// part's runtime instead, it would die with that runtime, and the next
+/// user of the pool would get "a Tokio context ... is being shut down" (one
+/// process may hold several runtimes: the integration tests run a system
+/// per test, each on its own).
 pub fn on_scrape(refresh: Refresh) -> Registration {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let runtime = tokio::runtime::Handle::try_current().ok();
     if let Ok(mut refreshers) = REFRESHERS.lock() {
-        refreshers.push((id, refresh));
+        refreshers.push(Refresher {
+            id,
+            refresh,
+            runtime,
+        });
     }
     Registration(id)
+}
+
+/// Runs every registered refresh, each on its own runtime, for at most
+/// [`REFRESH_LIMIT`]: a gauge whose source is slow keeps its last value
+/// rather than holding the scrape.
+async fn refresh_all() {
+    // Taken out under the lock and run after it, as in `Registration::drop`.
+    let refreshers: Vec<(Refresh, Option<tokio::runtime::Handle>)> = REFRESHERS
+        .lock()
+        .map(|r| {
+            r.iter()
+                .map(|r| (r.refresh.clone(), r.runtime.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut inline = Vec::new();
+    let mut spawned = Vec::new();
+    for (refresh, runtime) in refreshers {
+        match runtime {
+            Some(runtime) => spawned.push(runtime.spawn(refresh())),
+            None => inline.push(refresh()),
+        }
+    }
+    let aborts: Vec<_> = spawned.iter().map(|task| task.abort_handle()).collect();
+    let all = futures_util::future::join(
+        futures_util::future::join_all(inline),
+        // A task's runtime shutting down cancels it: that gauge keeps its
+        // last value.
+        futures_util::future::join_all(spawned),
+    );
+    if tokio::time::timeout(REFRESH_LIMIT, all).await.is_err() {
+        aborts.iter().for_each(tokio::task::AbortHandle::abort);
+    }
 }
 
 /// `GET /metrics`: every family of this process, in Prometheus text format.
@@ -113,17 +167,7 @@ pub fn on_scrape(refresh: Refresh) -> Registration {
     )
 )]
 pub async fn render() -> Response {
-    let refreshers: Vec<Refresh> = REFRESHERS
-        .lock()
-        .map(|r| r.iter().map(|(_, f)| f.clone()).collect())
-        .unwrap_or_default();
-    // A gauge whose source is slow keeps its last value rather than holding
-    // the scrape.
-    let _ = tokio::time::timeout(
-        REFRESH_LIMIT,
-        futures_util::future::join_all(refreshers.iter().map(|f| f())),
-    )
-    .await;
+    refresh_all().await;
     match recorder() {
         Some(handle) => (
             [(
@@ -222,6 +266,41 @@ mod tests {
             dropped.recv_timeout(Duration::from_secs(5)).is_ok(),
             "dropping the registration deadlocked"
         );
+    }
+
+    /// A regression: a scrape ran every part's refresh on the scraper's
+    /// runtime, so a connection it opened for another system's pool died
+    /// with the scraper's runtime and failed that system's readiness.
+    #[test]
+    fn a_refresh_runs_on_the_runtime_that_registered_it() {
+        let ran_on = Arc::new(Mutex::new(None::<String>));
+        let seen = ran_on.clone();
+        let owner = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("refresh-owner")
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let registration = owner.block_on(async move {
+            on_scrape(Arc::new(move || {
+                let seen = seen.clone();
+                Box::pin(async move {
+                    let name = std::thread::current().name().map(str::to_owned);
+                    *seen.lock().expect("not poisoned") = name;
+                })
+            }))
+        });
+        let scraper = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        scraper.block_on(render());
+        assert_eq!(
+            ran_on.lock().expect("not poisoned").as_deref(),
+            Some("refresh-owner")
+        );
+        drop(registration);
+        owner.shutdown_background();
     }
 
     #[test]
