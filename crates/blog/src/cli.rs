@@ -331,6 +331,11 @@ pub struct CommonArgs {
     /// Query: live streams (`GET /posts/live`) open at once; beyond, 503.
     #[arg(long, env = "BLOG_MAX_LIVE_STREAMS", default_value_t = blog_query::DEFAULT_MAX_LIVE_STREAMS)]
     pub max_live_streams: usize,
+    /// Query: how far below the rest of the process its connections (reads
+    /// and live streams) run, as a nice value (0: the same priority). A frame
+    /// that wakes thousands of live streams then never delays a write.
+    #[arg(long, env = "BLOG_READERS_NICENESS", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub readers_niceness: u8,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "BLOG_BODY_LIMIT", default_value_t = blog_kit::http::DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,

@@ -1,6 +1,7 @@
 //! The service kit: everything the blog's services share and nothing that is
 //! any one service's business.
 
+pub mod background;
 pub mod client;
 pub mod correlation;
 pub mod error;

@@ -30,6 +30,18 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// Where a service's connections are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Connections {
+    /// On the process's runtime, with everything else.
+    #[default]
+    Foreground,
+    /// On threads of their own at a lower priority (see
+    /// [`crate::background`]): for connections whose work comes in bursts,
+    /// so that it never queues ahead of the process's other requests.
+    Background,
+}
+
 /// Serves `app` on `listener` until `shutdown` is cancelled, then lets the
 /// requests in flight finish.
 pub async fn serve(
@@ -37,7 +49,13 @@ pub async fn serve(
     app: Router,
     shutdown: CancellationToken,
     limits: ConnectionLimits,
+    connections: Connections,
 ) -> std::io::Result<()> {
+    // Another runtime than this one, if the connections go elsewhere.
+    let elsewhere = match connections {
+        Connections::Foreground => None,
+        Connections::Background => crate::background::handle(),
+    };
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -78,16 +96,42 @@ pub async fn serve(
         // Answers go out at once: a small answer must not wait on Nagle's
         // algorithm for the peer's delayed acknowledgement.
         let _ = tcp.set_nodelay(true);
+        let moved = match elsewhere {
+            Some(runtime) => moved_to(runtime, tcp),
+            None => Ok(tcp),
+        };
+        let tcp = match moved {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot serve a connection");
+                continue;
+            }
+        };
         let connection = graceful
             .watch(http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone())));
-        tokio::spawn(async move {
+        let served = async move {
             let _ = connection.await;
             drop(permit);
-        });
+        };
+        match elsewhere {
+            Some(runtime) => drop(runtime.spawn(served)),
+            None => drop(tokio::spawn(served)),
+        }
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// The connection, its readiness watched by `runtime`'s driver: the
+/// runtime that polls it is then woken without a hop through another.
+fn moved_to(
+    runtime: &tokio::runtime::Handle,
+    tcp: tokio::net::TcpStream,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let tcp = tcp.into_std()?;
+    let _entered = runtime.enter();
+    tokio::net::TcpStream::from_std(tcp)
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends before it kills a
@@ -135,6 +179,7 @@ pub struct Service {
     pub name: &'static str,
     pub router: Router,
     pub limits: ConnectionLimits,
+    pub connections: Connections,
     tasks: Vec<Task>,
 }
 
@@ -144,6 +189,7 @@ impl Service {
             name,
             router,
             limits: ConnectionLimits::default(),
+            connections: Connections::default(),
             tasks: Vec::new(),
         }
     }
@@ -173,7 +219,7 @@ impl Service {
             .collect();
         let name = self.name;
         let served = tokio::select! {
-            served = serve(listener, self.router, shutdown.clone(), self.limits) => served,
+            served = serve(listener, self.router, shutdown.clone(), self.limits, self.connections) => served,
             // Connections still open this long after shutdown (a client
             // that never lets go) are dropped rather than waited for.
             () = async {
@@ -211,6 +257,53 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The name of the thread that answers `GET /` on a listener serving
+    /// its connections as `connections` says.
+    async fn answered_on(connections: Connections) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let app = Router::new().route(
+            "/",
+            axum::routing::get(|| async {
+                std::thread::current().name().unwrap_or_default().to_owned()
+            }),
+        );
+        let shutdown = CancellationToken::new();
+        let served = tokio::spawn(serve(
+            listener,
+            app,
+            shutdown.clone(),
+            ConnectionLimits::default(),
+            connections,
+        ));
+        let mut tcp = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        tcp.write_all(b"GET / HTTP/1.0\r\n\r\n")
+            .await
+            .expect("request");
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.expect("answer");
+        shutdown.cancel();
+        served.await.expect("joined").expect("stopped cleanly");
+        let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+        assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+        body.to_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn background_connections_are_served_by_the_background_threads() {
+        assert_eq!(
+            answered_on(Connections::Background).await,
+            "blog-background"
+        );
+        assert_ne!(
+            answered_on(Connections::Foreground).await,
+            "blog-background"
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_task_that_ignores_the_stop_does_not_hold_it_up() {

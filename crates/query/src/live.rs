@@ -52,11 +52,15 @@ pub enum LiveUpdate {
 /// Changes are gathered at least this long before they go out, so a
 /// stream wakes at most this often however fast comments arrive ...
 const GATHER: Duration = Duration::from_millis(50);
-/// ... and longer when frames times streams would write more than this per
-/// second in all: the fan-out to every open page must not take the CPU the
-/// writes themselves need. Under heavy writes with many pages open, pages
-/// are updated less often, with every change gathered, never dropped.
-const FAN_OUT_BYTES_PER_SECOND: u64 = 16 * 1024 * 1024;
+/// ... and frames are spaced so that all the open streams together are
+/// written to at most this often per second: each write wakes a stream's
+/// connection and costs a system call, whatever it carries. With 2,000
+/// streams open that is a frame every 250 ms at most. Bytes are not the
+/// measure: what a frame carries grows with its window (as many changes
+/// arrive in a longer one), so spacing frames by their bytes only made them
+/// rarer and larger, until each was a burst that took the cores for a
+/// second; evenly spaced frames carry the same changes in small steps.
+const FAN_OUT_WRITES_PER_SECOND: u64 = 8_000;
 /// The longest a change waits to go out.
 const LONGEST_GATHER: Duration = Duration::from_secs(10);
 
@@ -111,11 +115,8 @@ impl Live {
     }
 
     /// How long to gather the next changes (see [`window`]).
-    fn gather(&self, last: Option<&LastFrame>) -> Duration {
-        window(
-            self.open(),
-            last.map(|last| (last.bytes, last.sent.elapsed())),
-        )
+    fn gather(&self, last_sent: Option<tokio::time::Instant>) -> Duration {
+        window(self.open(), last_sent.map(|sent| sent.elapsed()))
     }
 
     /// The keep-alive line, as a frame.
@@ -163,7 +164,7 @@ impl Live {
         mut changed: UnboundedReceiver<Changed>,
         shutdown: CancellationToken,
     ) {
-        let mut last: Option<LastFrame> = None;
+        let mut last_sent: Option<tokio::time::Instant> = None;
         loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -174,7 +175,7 @@ impl Live {
             };
             let mut gathered = Gathered::default();
             gathered.take(first);
-            let deadline = tokio::time::Instant::now() + self.gather(last.as_ref());
+            let deadline = tokio::time::Instant::now() + self.gather(last_sent);
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -193,10 +194,7 @@ impl Live {
                 continue;
             }
             let frame = self.frame(gathered).await;
-            last = Some(LastFrame {
-                bytes: frame.len(),
-                sent: tokio::time::Instant::now(),
-            });
+            last_sent = Some(tokio::time::Instant::now());
             if !frame.is_empty() {
                 let _ = self
                     .posts
@@ -206,27 +204,17 @@ impl Live {
     }
 }
 
-/// How long to gather the next changes, given the streams open and the
-/// last frame (its size, and how long ago it went out): long enough that a
-/// frame the size of the last one, sent to every open stream, stays within
-/// the fan-out budget. After an idle spell it starts over, whatever the
-/// last burst cost.
-fn window(open: usize, last: Option<(usize, Duration)>) -> Duration {
-    let Some((bytes, ago)) = last else {
-        return GATHER;
-    };
-    if ago > LONGEST_GATHER {
-        return GATHER;
-    }
-    let bytes = (open as u64).saturating_mul(bytes as u64);
-    let budget = Duration::from_micros(bytes.saturating_mul(1_000_000) / FAN_OUT_BYTES_PER_SECOND);
-    budget.clamp(GATHER, LONGEST_GATHER)
-}
-
-/// What the last frame cost, for the next window (see [`window`]).
-struct LastFrame {
-    bytes: usize,
-    sent: tokio::time::Instant,
+/// How long to gather the next changes, given the streams open and how
+/// long ago the last frame went out: at least [`GATHER`], and long enough
+/// that frames to every open stream stay within
+/// [`FAN_OUT_WRITES_PER_SECOND`]. A change after a quiet spell goes out
+/// after the shortest window.
+fn window(open: usize, since_last: Option<Duration>) -> Duration {
+    let spacing =
+        Duration::from_micros((open as u64).saturating_mul(1_000_000) / FAN_OUT_WRITES_PER_SECOND)
+            .min(LONGEST_GATHER);
+    let due_in = since_last.map_or(Duration::ZERO, |ago| spacing.saturating_sub(ago));
+    due_in.max(GATHER)
 }
 
 /// The changes gathered for one frame.
@@ -319,21 +307,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_window_keeps_the_fan_out_within_budget_and_starts_over_when_idle() {
-        let just = Some(Duration::from_millis(10));
+    fn frames_are_spaced_by_the_streams_they_wake() {
+        // No frame yet, or few streams: the shortest window.
         assert_eq!(window(2000, None), GATHER);
-        // 2,000 × 100 bytes is far within 16 MiB/s: the shortest window.
-        assert_eq!(window(2000, just.map(|ago| (100, ago))), GATHER);
-        // 2,000 × 16 KiB = 32 MiB: two seconds' budget.
+        assert_eq!(window(100, Some(Duration::ZERO)), GATHER);
+        // 2,000 streams at 8,000 writes/s: a frame every 250 ms, whatever
+        // it carries.
         assert_eq!(
-            window(2000, just.map(|ago| (16 * 1024, ago))),
-            Duration::from_micros(1_953_125)
+            window(2000, Some(Duration::ZERO)),
+            Duration::from_millis(250)
         );
-        // A whole snapshot to every stream: never longer than the longest.
-        assert_eq!(window(2000, just.map(|ago| (1 << 20, ago))), LONGEST_GATHER);
-        // The same frame long ago: what comes now starts over.
-        let idle = LONGEST_GATHER + Duration::from_secs(1);
-        assert_eq!(window(2000, Some((1 << 20, idle))), GATHER);
+        assert_eq!(
+            window(2000, Some(Duration::from_millis(150))),
+            Duration::from_millis(100)
+        );
+        // Long after the last frame: the shortest window again.
+        assert_eq!(window(2000, Some(Duration::from_secs(1))), GATHER);
+        // Never longer than the longest.
+        assert_eq!(window(1_000_000, Some(Duration::ZERO)), LONGEST_GATHER);
     }
 
     #[test]

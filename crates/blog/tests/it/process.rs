@@ -410,6 +410,58 @@ async fn slow_clients_are_closed_and_others_are_served() {
     up.kill();
 }
 
+/// The nice value of each of a process's threads, by thread name.
+fn thread_niceness(pid: u32) -> Vec<(String, i32)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // "tid (name) state ...": the nice value is the 19th field, the
+            // 17th after the name (which may hold spaces).
+            let (head, rest) = stat.rsplit_once(") ")?;
+            let name = head.split_once(" (")?.1.to_owned();
+            let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
+            Some((name, nice))
+        })
+        .collect()
+}
+
+/// The binary serves query's connections (reads and live streams) on
+/// threads of their own, `--readers-niceness` (10) below the threads that
+/// take the writes, so a frame's fan-out to many streams yields to them.
+#[tokio::test]
+async fn the_binary_serves_readers_below_the_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = ports();
+    let http = HttpClient::new(Duration::from_secs(10));
+    let up = start(dir.path(), &ports);
+    let query = ports.url(ServiceKind::Query);
+    until("up", async || {
+        json(&http, &format!("{query}/posts")).await.is_some()
+    })
+    .await;
+    let threads = thread_niceness(up.child.id());
+    let of = |name: &str| -> Vec<i32> {
+        threads
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, nice)| *nice)
+            .collect()
+    };
+    let writers = of("tokio-rt-worker");
+    let readers = of("blog-background");
+    assert!(!writers.is_empty() && !readers.is_empty(), "{threads:?}");
+    let base = writers[0];
+    assert!(writers.iter().all(|&n| n == base), "{threads:?}");
+    assert!(
+        readers.iter().all(|&n| n == (base + 10).min(19)),
+        "{threads:?}"
+    );
+}
+
 /// Idle live streams cost little: the snapshot every stream gets first is
 /// built once and shared, not copied per stream; and what they took is
 /// given back once they close.
