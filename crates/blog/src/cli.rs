@@ -34,6 +34,22 @@ pub struct Cli {
 }
 
 /// How log lines are written (`--log-format`).
+/// See [`blog_kit::background::Priority`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LivePriority {
+    Idle,
+    Normal,
+}
+
+impl From<LivePriority> for blog_kit::background::Priority {
+    fn from(priority: LivePriority) -> Self {
+        match priority {
+            LivePriority::Idle => Self::Idle,
+            LivePriority::Normal => Self::Normal,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -331,11 +347,11 @@ pub struct CommonArgs {
     /// Query: live streams (`GET /posts/live`) open at once; beyond, 503.
     #[arg(long, env = "BLOG_MAX_LIVE_STREAMS", default_value_t = blog_query::DEFAULT_MAX_LIVE_STREAMS)]
     pub max_live_streams: usize,
-    /// Query: how far below the rest of the process its connections (reads
-    /// and live streams) run, as a nice value (0: the same priority). A frame
-    /// that wakes thousands of live streams then never delays a write.
-    #[arg(long, env = "BLOG_READERS_NICENESS", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=19))]
-    pub readers_niceness: u8,
+    /// Query and gateway: the priority of the threads that serve live
+    /// streams. `idle`: only cores nothing else wants, so a frame that wakes
+    /// thousands of streams never delays a write; `normal`: as the rest.
+    #[arg(long, env = "BLOG_LIVE_PRIORITY", value_enum, default_value_t = LivePriority::Idle)]
+    pub live_priority: LivePriority,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "BLOG_BODY_LIMIT", default_value_t = blog_kit::http::DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,

@@ -97,7 +97,7 @@ async fn run(command: Command) -> Result<(), startup::StartupError> {
     blog_kit::memory::return_freed_memory();
     match command {
         Command::Up(args) => {
-            blog_kit::background::lower_priority_by(args.common.readers_niceness);
+            blog_kit::background::set_priority(args.common.live_priority.into());
             // Listening for the stop before saying "up": see shutdown_signal.
             let stop = blog_kit::serve::shutdown_signal();
             warn_if_exposed(args.common.host, args.common.internal_token.is_some());
@@ -124,7 +124,7 @@ async fn run(command: Command) -> Result<(), startup::StartupError> {
             stopped
         }
         Command::Serve(args) => {
-            blog_kit::background::lower_priority_by(args.common.readers_niceness);
+            blog_kit::background::set_priority(args.common.live_priority.into());
             let stop = blog_kit::serve::shutdown_signal();
             warn_if_exposed(args.common.host, args.common.internal_token.is_some());
             let settings = args.settings();

@@ -1,36 +1,43 @@
-//! Threads of their own, optionally at a lower priority, for connections
-//! whose work comes in bursts.
+//! Threads of their own, at the lowest priority, for connections whose
+//! work comes in bursts: live streams.
 //!
 //! One frame for 2,000 live streams wakes 2,000 connection tasks at once.
 //! On the process's own runtime they all queue ahead of whatever request
 //! arrives next, and the async scheduler serves them first come, first
 //! served: a write that lands during the fan-out waits for all of it. On
-//! threads of their own, at a lower priority, the operating system's
-//! scheduler hands a core to the write as soon as it is ready, and the
-//! fan-out takes what the writes leave.
+//! threads of their own, the operating system's scheduler decides instead;
+//! at the idle priority it hands a core to any other thread of the system
+//! as soon as that one is ready, and the fan-out takes what is left.
 //!
 //! The priority is the process's to choose, once, before the first
-//! connection: the `blog` binary lowers these threads (`--readers-niceness`,
-//! 10 by default); a process that runs many systems side by side (the
-//! integration tests) leaves them at its own priority, since there every
-//! system's readers share these threads against every other's writers.
+//! connection: the `blog` binary runs these threads idle (`--live-priority`);
+//! a process that runs many systems side by side (the integration tests)
+//! leaves them at its own priority, since there every system's streams
+//! share these threads against every other system's work.
 
 use std::num::NonZero;
 use std::sync::OnceLock;
 
 use tokio::runtime::{Builder, Handle, Runtime};
 
-/// How much lower than the rest of the process the background threads run
-/// (a nice value), set once by [`lower_priority_by`]; 0 until then.
-static NICENESS: OnceLock<u8> = OnceLock::new();
+/// How the background threads are scheduled against the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// As every other thread of the process.
+    #[default]
+    Normal,
+    /// Only on a core that nothing else wants (Linux's `SCHED_IDLE`): under
+    /// a load that takes every core, live pages are updated late, the
+    /// changes gathered, never dropped, rather than a write waiting on them.
+    Idle,
+}
 
-/// Runs the background threads `niceness` lower than the rest of the
-/// process (0–19; at 10 a background thread gets about a tenth of what a
-/// normal one does under contention, and everything when the cores are
-/// otherwise idle). Takes effect only before the background runtime's first
-/// use; says whether it did.
-pub fn lower_priority_by(niceness: u8) -> bool {
-    NICENESS.set(niceness.min(19)).is_ok()
+static PRIORITY: OnceLock<Priority> = OnceLock::new();
+
+/// Sets the background threads' priority. Takes effect only before the
+/// background runtime's first use; says whether it did.
+pub fn set_priority(priority: Priority) -> bool {
+    PRIORITY.set(priority).is_ok()
 }
 
 static RUNTIME: OnceLock<Option<Runtime>> = OnceLock::new();
@@ -41,8 +48,8 @@ static RUNTIME: OnceLock<Option<Runtime>> = OnceLock::new();
 pub fn handle() -> Option<&'static Handle> {
     RUNTIME
         .get_or_init(|| {
-            let niceness = *NICENESS.get_or_init(|| 0);
-            build(niceness)
+            let priority = *PRIORITY.get_or_init(Priority::default);
+            build(priority)
                 .inspect_err(|e| {
                     tracing::warn!(error = %e, "no background threads; bursts share the runtime");
                 })
@@ -52,63 +59,66 @@ pub fn handle() -> Option<&'static Handle> {
         .map(Runtime::handle)
 }
 
-/// A runtime with a thread per core, each `niceness` below its creator.
-fn build(niceness: u8) -> std::io::Result<Runtime> {
+/// A runtime with a thread per core, each scheduled at `priority`.
+fn build(priority: Priority) -> std::io::Result<Runtime> {
     Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map_or(1, NonZero::get))
         .thread_name("blog-background")
-        .on_thread_start(move || lower_this_threads_priority(niceness))
+        .on_thread_start(move || schedule_this_thread(priority))
         .enable_all()
         .build()
 }
 
-/// The calling thread's nice value, raised by `by` (never lowered: an
-/// unprivileged process may not).
+/// Puts the calling thread at `priority` (a thread may always lower its
+/// own; it is never raised).
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-fn lower_this_threads_priority(by: u8) {
-    if by == 0 {
-        return;
-    }
-    // SAFETY: getpriority and setpriority take no pointers. On Linux the
-    // nice value is each thread's own, and `who` 0 names the calling
-    // thread, so only this runtime's threads are lowered.
-    unsafe {
-        let now = libc::getpriority(libc::PRIO_PROCESS, 0);
-        libc::setpriority(libc::PRIO_PROCESS, 0, (now + i32::from(by)).min(19));
+fn schedule_this_thread(priority: Priority) {
+    if priority == Priority::Idle {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` is a valid sched_param that outlives the call. On
+        // Linux the policy is each thread's own and pid 0 names the calling
+        // thread, so only this runtime's threads change.
+        let done = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        if done != 0 {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "background threads keep the process's priority"
+            );
+        }
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_this_threads_priority(_by: u8) {}
+fn schedule_this_thread(_priority: Priority) {}
 
-/// The calling thread's nice value, for tests.
+/// The calling thread's scheduling policy, for tests.
 #[cfg(all(test, target_os = "linux"))]
 #[allow(unsafe_code)]
-fn niceness() -> i32 {
-    // SAFETY: as above; errno is not consulted since -1 is not expected here.
-    unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+fn policy() -> i32 {
+    // SAFETY: takes no pointers; pid 0 names the calling thread.
+    unsafe { libc::sched_getscheduler(0) }
 }
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 
-    /// The nice value of a thread of a runtime built `by` lower.
-    fn theirs(by: u8) -> i32 {
-        let runtime = build(by).expect("the runtime starts");
+    /// The scheduling policy of a thread of a runtime built at `priority`.
+    fn theirs(priority: Priority) -> i32 {
+        let runtime = build(priority).expect("the runtime starts");
         let theirs = runtime
-            .block_on(runtime.spawn(async { niceness() }))
+            .block_on(runtime.spawn(async { policy() }))
             .expect("ran");
         runtime.shutdown_background();
         theirs
     }
 
     #[test]
-    fn background_threads_run_as_much_lower_as_the_process_chose() {
-        let ours = niceness();
-        assert_eq!(theirs(10), (ours + 10).min(19));
-        assert_eq!(theirs(0), ours, "0 keeps the process's own priority");
-        assert_eq!(niceness(), ours, "the caller's own priority is untouched");
+    fn background_threads_run_at_the_priority_the_process_chose() {
+        let ours = policy();
+        assert_eq!(theirs(Priority::Idle), libc::SCHED_IDLE);
+        assert_eq!(theirs(Priority::Normal), ours);
+        assert_eq!(policy(), ours, "the caller's own priority is untouched");
     }
 }

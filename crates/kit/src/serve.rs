@@ -36,10 +36,12 @@ pub enum Connections {
     /// On the process's runtime, with everything else.
     #[default]
     Foreground,
-    /// On threads of their own at a lower priority (see
-    /// [`crate::background`]): for connections whose work comes in bursts,
-    /// so that it never queues ahead of the process's other requests.
-    Background,
+    /// Those whose first request is `GET` of this path (or below it) on the
+    /// background threads (see [`crate::background`]), the others on the
+    /// process's runtime: for a stream whose work comes in bursts (a frame
+    /// that wakes thousands of them), so that it never queues ahead of the
+    /// process's other requests, its probes, reads and event deliveries.
+    BackgroundFor(&'static str),
 }
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then lets the
@@ -51,11 +53,10 @@ pub async fn serve(
     limits: ConnectionLimits,
     connections: Connections,
 ) -> std::io::Result<()> {
-    // Another runtime than this one, if the connections go elsewhere.
-    let elsewhere = match connections {
-        Connections::Foreground => None,
-        Connections::Background => crate::background::handle(),
-    };
+    if let Connections::BackgroundFor(_) = connections {
+        // Started now rather than by the first stream, which would wait.
+        let _ = crate::background::handle();
+    }
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -96,42 +97,78 @@ pub async fn serve(
         // Answers go out at once: a small answer must not wait on Nagle's
         // algorithm for the peer's delayed acknowledgement.
         let _ = tcp.set_nodelay(true);
-        let moved = match elsewhere {
-            Some(runtime) => moved_to(runtime, tcp),
-            None => Ok(tcp),
-        };
-        let tcp = match moved {
-            Ok(tcp) => tcp,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot serve a connection");
-                continue;
+        let (http, app, watcher) = (http.clone(), app.clone(), graceful.watcher());
+        let stopping = shutdown.clone();
+        tokio::spawn(async move {
+            let tcp = match connections {
+                Connections::Foreground => Placed::Here(tcp),
+                Connections::BackgroundFor(path) => tokio::select! {
+                    () = stopping.cancelled() => Placed::Gone,
+                    placed = placed(tcp, path, limits.header_read_timeout) => placed,
+                },
+            };
+            let served = move |tcp| async move {
+                let connection =
+                    http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app));
+                let _ = watcher.watch(connection).await;
+                drop(permit);
+            };
+            match tcp {
+                Placed::Here(tcp) => served(tcp).await,
+                Placed::There(runtime, tcp) => drop(runtime.spawn(served(tcp))),
+                Placed::Gone => {}
             }
-        };
-        let connection = graceful
-            .watch(http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone())));
-        let served = async move {
-            let _ = connection.await;
-            drop(permit);
-        };
-        match elsewhere {
-            Some(runtime) => drop(runtime.spawn(served)),
-            None => drop(tokio::spawn(served)),
-        }
+        });
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
 }
 
-/// The connection, its readiness watched by `runtime`'s driver: the
-/// runtime that polls it is then woken without a hop through another.
-fn moved_to(
-    runtime: &tokio::runtime::Handle,
-    tcp: tokio::net::TcpStream,
-) -> std::io::Result<tokio::net::TcpStream> {
-    let tcp = tcp.into_std()?;
-    let _entered = runtime.enter();
-    tokio::net::TcpStream::from_std(tcp)
+/// Where a connection is served: on this runtime, moved to another, or not
+/// at all.
+enum Placed {
+    Here(tokio::net::TcpStream),
+    There(&'static tokio::runtime::Handle, tokio::net::TcpStream),
+    Gone,
+}
+
+/// Looks at the connection's first bytes, without taking them, and moves
+/// it to the background threads if its first request is `GET path` or
+/// `GET path/...` or `GET path?...`; otherwise it stays here. A connection
+/// that sends nothing within `patience` (the header-read timeout) is
+/// closed, as it would be if it were read.
+async fn placed(tcp: tokio::net::TcpStream, path: &str, patience: Duration) -> Placed {
+    let wanted = format!("GET {path}");
+    let mut head = vec![0u8; wanted.len() + 1];
+    let n = match tokio::time::timeout(patience, tcp.peek(&mut head)).await {
+        Ok(Ok(n)) if n > 0 => n,
+        // Closed, failed, or silent for too long.
+        _ => return Placed::Gone,
+    };
+    let head = &head[..n];
+    let for_background = head.starts_with(wanted.as_bytes())
+        && head
+            .get(wanted.len())
+            .is_none_or(|next| matches!(next, b' ' | b'/' | b'?'));
+    let runtime = match for_background.then(crate::background::handle).flatten() {
+        Some(runtime) => runtime,
+        None => return Placed::Here(tcp),
+    };
+    // The connection's readiness is then watched by the runtime that polls
+    // it, which is woken without a hop through this one.
+    let moved = tcp.into_std().and_then(|tcp| {
+        let _entered = runtime.enter();
+        tokio::net::TcpStream::from_std(tcp)
+    });
+    match moved {
+        Ok(tcp) => Placed::There(runtime, tcp),
+        Err(e) => {
+            // The socket went with the failed move: nothing left to serve.
+            tracing::warn!(error = %e, "cannot serve a connection");
+            Placed::Gone
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends before it kills a
@@ -258,18 +295,17 @@ impl Service {
 mod tests {
     use super::*;
 
-    /// The name of the thread that answers `GET /` on a listener serving
-    /// its connections as `connections` says.
-    async fn answered_on(connections: Connections) -> String {
+    /// The name of the thread that answers `GET path` on a listener
+    /// serving its connections as `connections` says.
+    async fn answered_on(connections: Connections, path: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
-        let app = Router::new().route(
-            "/",
-            axum::routing::get(|| async {
-                std::thread::current().name().unwrap_or_default().to_owned()
-            }),
-        );
+        let thread = || async { std::thread::current().name().unwrap_or_default().to_owned() };
+        let app = Router::new()
+            .route("/posts", axum::routing::get(thread))
+            .route("/posts/live", axum::routing::get(thread))
+            .route("/posts/lively", axum::routing::get(thread));
         let shutdown = CancellationToken::new();
         let served = tokio::spawn(serve(
             listener,
@@ -281,7 +317,7 @@ mod tests {
         let mut tcp = tokio::net::TcpStream::connect(address)
             .await
             .expect("connect");
-        tcp.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        tcp.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
             .await
             .expect("request");
         let mut answer = String::new();
@@ -294,15 +330,52 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn background_connections_are_served_by_the_background_threads() {
+    async fn only_the_named_streams_are_served_by_the_background_threads() {
+        let live = Connections::BackgroundFor("/posts/live");
+        assert_eq!(answered_on(live, "/posts/live").await, "blog-background");
         assert_eq!(
-            answered_on(Connections::Background).await,
+            answered_on(live, "/posts/live?x=1").await,
             "blog-background"
         );
+        for path in ["/posts", "/posts/lively"] {
+            assert_ne!(answered_on(live, path).await, "blog-background", "{path}");
+        }
         assert_ne!(
-            answered_on(Connections::Foreground).await,
+            answered_on(Connections::Foreground, "/posts/live").await,
             "blog-background"
         );
+    }
+
+    /// A connection that never says what it wants is closed after the
+    /// header-read timeout, as a served one would be, and holds up neither
+    /// the listener nor the stop.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_closed_before_it_is_placed() {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let shutdown = CancellationToken::new();
+        let limits = ConnectionLimits {
+            max_connections: 1,
+            header_read_timeout: Duration::from_secs(2),
+        };
+        let served = tokio::spawn(serve(
+            listener,
+            Router::new(),
+            shutdown.clone(),
+            limits,
+            Connections::BackgroundFor("/posts/live"),
+        ));
+        let mut silent = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+            .await
+            .expect("closed within the timeout");
+        assert_eq!(read.expect("a clean close"), 0);
+        shutdown.cancel();
+        served.await.expect("joined").expect("stopped cleanly");
     }
 
     #[tokio::test(start_paused = true)]

@@ -26,6 +26,8 @@ pub use model::ReadModel;
 
 pub const NAME: &str = "query";
 pub const DEFAULT_PORT: u16 = 4002;
+/// The live streams' path (server-sent events).
+pub const LIVE_PATH: &str = "/posts/live";
 
 static MIGRATIONS: Migrations = Migrations {
     sqlite: sqlx::migrate!("./migrations/sqlite"),
@@ -76,9 +78,10 @@ pub async fn build(config: &ServiceConfig, max_live_streams: usize) -> Result<Se
     };
     let router = blog_kit::http::finish(NAME, routes, &config.surface);
     let mut service = Service::new(NAME, router);
-    // Readers, not writers: a frame that wakes 2,000 live streams at once
-    // must not queue ahead of a write, here or in a part sharing the process.
-    service.connections = Connections::Background;
+    // A frame that wakes 2,000 live streams at once must not queue ahead of
+    // a write, a read, a probe or an event delivery, here or in a part
+    // sharing the process.
+    service.connections = Connections::BackgroundFor(LIVE_PATH);
     if announce == handler::Announce::ThroughDatabase {
         let (url, model) = (db.url().to_owned(), model_for_listener);
         service =
