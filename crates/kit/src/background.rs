@@ -59,6 +59,36 @@ pub fn handle() -> Option<&'static Handle> {
         .map(Runtime::handle)
 }
 
+/// Runs `work` on the background threads (here, if they could not be
+/// started) and waits for it; dropping the wait stops the work.
+pub async fn run<F>(work: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let Some(runtime) = handle() else {
+        return work.await;
+    };
+    let task = runtime.spawn(work);
+    let stop = AbortOnDrop(task.abort_handle());
+    let done = task.await;
+    drop(stop);
+    match done {
+        Ok(output) => output,
+        // Only a panic ends it otherwise (the runtime lives as long as the
+        // process, and the abort is ours, made after this returns): pass it on.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A runtime with a thread per core, each scheduled at `priority`.
 fn build(priority: Priority) -> std::io::Result<Runtime> {
     Builder::new_multi_thread()
@@ -112,6 +142,24 @@ mod tests {
             .expect("ran");
         runtime.shutdown_background();
         theirs
+    }
+
+    #[tokio::test]
+    async fn work_run_in_the_background_is_stopped_with_its_waiter() {
+        let name = run(async { std::thread::current().name().map(str::to_owned) }).await;
+        assert_eq!(name.as_deref(), Some("blog-background"));
+
+        let (started, running) = tokio::sync::oneshot::channel::<()>();
+        let (dropped, stopped) = tokio::sync::oneshot::channel::<()>();
+        let waiter = tokio::spawn(run(async move {
+            // Held by the work: dropped (sending nothing) when it stops.
+            let _dropped = dropped;
+            let _ = started.send(());
+            std::future::pending::<()>().await;
+        }));
+        running.await.expect("the work started");
+        waiter.abort();
+        assert!(stopped.await.is_err(), "the work stopped with its waiter");
     }
 
     #[test]

@@ -96,7 +96,9 @@ pub async fn build(config: &ServiceConfig, max_live_streams: usize) -> Result<Se
                 metrics::gauge!("blog_live_streams", "service" => NAME).set(counted.open() as f64);
                 Box::pin(async {})
             }));
-            live.render(changed_rx, shutdown).await;
+            // With the streams it wakes: a frame's send wakes every one of
+            // them, and that must not hold a thread the writes need.
+            blog_kit::background::run(live.render(changed_rx, shutdown)).await;
         })
         .with_task(move |shutdown| async move {
             shutdown.cancelled().await;

@@ -175,16 +175,15 @@ impl Live {
             };
             let mut gathered = Gathered::default();
             gathered.take(first);
+            // Taken once the window closes, not as they come: one wakeup
+            // per frame rather than one per change.
             let deadline = tokio::time::Instant::now() + self.gather(last_sent);
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep_until(deadline) => break,
-                    next = changed.recv() => match next {
-                        Some(change) => gathered.take(change),
-                        None => break,
-                    },
-                }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+            while let Ok(change) = changed.try_recv() {
+                gathered.take(change);
             }
             if self.posts.receiver_count() == 0 {
                 continue;
