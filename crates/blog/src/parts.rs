@@ -231,7 +231,6 @@ fn gateway(settings: &Settings) -> BoxFuture<'_, Result<Service, BuildError>> {
                 })
             })
             .collect(),
-        connections: blog_kit::serve::Connections::BackgroundFor(blog_query::LIVE_PATH),
     };
     Box::pin(async move { Ok(blog_gateway::build(&config)) })
 }

@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use blog_kit::ApiError;
 use blog_kit::metrics::RouteLabel;
-use blog_kit::serve::{Connections, Service};
+use blog_kit::serve::Service;
 use tower::ServiceExt;
 
 pub use client::client_router;
@@ -66,9 +66,6 @@ pub struct Config {
     pub rules: Vec<Rule>,
     /// Every service the rules name.
     pub upstreams: Vec<Upstream>,
-    /// Where connections are served: the live streams it relays belong on
-    /// the background threads, as on the service behind it.
-    pub connections: Connections,
 }
 
 enum Backend {
@@ -113,9 +110,7 @@ pub fn build(config: &Config) -> Service {
         .route("/api", get(openapi::api_page))
         .fallback(forward)
         .with_state(gateway);
-    let mut service = Service::new(NAME, blog_kit::http::observe(NAME, router));
-    service.connections = config.connections;
-    service
+    Service::new(NAME, blog_kit::http::observe(NAME, router))
 }
 
 async fn forward(State(gateway): State<Arc<Gateway>>, request: Request<Body>) -> Response {

@@ -1,15 +1,20 @@
 //! Serving a router until shutdown, then draining in-flight requests.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::Request;
+use axum::http::header;
+use axum::response::Response;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 /// What keeps slow or greedy clients from taking a listener down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,33 +35,21 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// Where a service's connections are served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Connections {
-    /// On the process's runtime, with everything else.
-    #[default]
-    Foreground,
-    /// Those whose first request is `GET` of this path (or below it) on the
-    /// background threads (see [`crate::background`]), the others on the
-    /// process's runtime: for a stream whose work comes in bursts (a frame
-    /// that wakes thousands of them), so that it never queues ahead of the
-    /// process's other requests, its probes, reads and event deliveries.
-    BackgroundFor(&'static str),
-}
-
 /// Serves `app` on `listener` until `shutdown` is cancelled, then lets the
 /// requests in flight finish.
+///
+/// A connection that answers with an event stream (`text/event-stream`: a
+/// live stream, here or relayed by the gateway) goes on on the background
+/// threads (see [`crate::background`]): one frame for thousands of streams
+/// wakes them all at once, and that burst must not queue ahead of the
+/// process's other work. It moves whether the stream is the connection's
+/// first request or a later one (a browser or a proxy reusing a connection).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: CancellationToken,
     limits: ConnectionLimits,
-    connections: Connections,
 ) -> std::io::Result<()> {
-    if let Connections::BackgroundFor(_) = connections {
-        // Started now rather than by the first stream, which would wait.
-        let _ = crate::background::handle();
-    }
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -97,27 +90,33 @@ pub async fn serve(
         // Answers go out at once: a small answer must not wait on Nagle's
         // algorithm for the peer's delayed acknowledgement.
         let _ = tcp.set_nodelay(true);
-        let (http, app, watcher) = (http.clone(), app.clone(), graceful.watcher());
-        let stopping = shutdown.clone();
+        let streaming = Arc::new(Notify::new());
+        let service = noting_streams(app.clone(), streaming.clone());
+        let connection = Box::pin(
+            graceful
+                .watch(http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))),
+        );
         tokio::spawn(async move {
-            let tcp = match connections {
-                Connections::Foreground => Placed::Here(tcp),
-                Connections::BackgroundFor(path) => tokio::select! {
-                    () = stopping.cancelled() => Placed::Gone,
-                    placed = placed(tcp, path, limits.header_read_timeout) => placed,
+            let mut connection = connection;
+            tokio::select! {
+                _ = &mut connection => {}
+                () = streaming.notified() => match crate::background::handle() {
+                    // The socket stays registered with this runtime, whose
+                    // threads only see to it when it was full or the peer
+                    // sends: writing the frames is done over there.
+                    Some(background) => {
+                        drop(background.spawn(async move {
+                            let _ = connection.await;
+                            drop(permit);
+                        }));
+                        return;
+                    }
+                    None => {
+                        let _ = connection.await;
+                    }
                 },
-            };
-            let served = move |tcp| async move {
-                let connection =
-                    http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app));
-                let _ = watcher.watch(connection).await;
-                drop(permit);
-            };
-            match tcp {
-                Placed::Here(tcp) => served(tcp).await,
-                Placed::There(runtime, tcp) => drop(runtime.spawn(served(tcp))),
-                Placed::Gone => {}
             }
+            drop(permit);
         });
     }
     drop(listener);
@@ -125,50 +124,34 @@ pub async fn serve(
     Ok(())
 }
 
-/// Where a connection is served: on this runtime, moved to another, or not
-/// at all.
-enum Placed {
-    Here(tokio::net::TcpStream),
-    There(&'static tokio::runtime::Handle, tokio::net::TcpStream),
-    Gone,
+/// `app`, notifying `streaming` when it answers with an event stream.
+fn noting_streams(
+    app: Router,
+    streaming: Arc<Notify>,
+) -> impl tower::Service<
+    Request<hyper::body::Incoming>,
+    Response = Response,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response, Infallible>> + Send,
+> + Clone {
+    tower::service_fn(move |request: Request<hyper::body::Incoming>| {
+        let (app, streaming) = (app.clone(), streaming.clone());
+        async move {
+            let response = app.oneshot(request).await?;
+            if is_event_stream(&response) {
+                streaming.notify_one();
+            }
+            Ok(response)
+        }
+    })
 }
 
-/// Looks at the connection's first bytes, without taking them, and moves
-/// it to the background threads if its first request is `GET path` or
-/// `GET path/...` or `GET path?...`; otherwise it stays here. A connection
-/// that sends nothing within `patience` (the header-read timeout) is
-/// closed, as it would be if it were read.
-async fn placed(tcp: tokio::net::TcpStream, path: &str, patience: Duration) -> Placed {
-    let wanted = format!("GET {path}");
-    let mut head = vec![0u8; wanted.len() + 1];
-    let n = match tokio::time::timeout(patience, tcp.peek(&mut head)).await {
-        Ok(Ok(n)) if n > 0 => n,
-        // Closed, failed, or silent for too long.
-        _ => return Placed::Gone,
-    };
-    let head = &head[..n];
-    let for_background = head.starts_with(wanted.as_bytes())
-        && head
-            .get(wanted.len())
-            .is_none_or(|next| matches!(next, b' ' | b'/' | b'?'));
-    let runtime = match for_background.then(crate::background::handle).flatten() {
-        Some(runtime) => runtime,
-        None => return Placed::Here(tcp),
-    };
-    // The connection's readiness is then watched by the runtime that polls
-    // it, which is woken without a hop through this one.
-    let moved = tcp.into_std().and_then(|tcp| {
-        let _entered = runtime.enter();
-        tokio::net::TcpStream::from_std(tcp)
-    });
-    match moved {
-        Ok(tcp) => Placed::There(runtime, tcp),
-        Err(e) => {
-            // The socket went with the failed move: nothing left to serve.
-            tracing::warn!(error = %e, "cannot serve a connection");
-            Placed::Gone
-        }
-    }
+fn is_event_stream(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("text/event-stream"))
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends before it kills a
@@ -216,7 +199,6 @@ pub struct Service {
     pub name: &'static str,
     pub router: Router,
     pub limits: ConnectionLimits,
-    pub connections: Connections,
     tasks: Vec<Task>,
 }
 
@@ -226,7 +208,6 @@ impl Service {
             name,
             router,
             limits: ConnectionLimits::default(),
-            connections: Connections::default(),
             tasks: Vec::new(),
         }
     }
@@ -256,7 +237,7 @@ impl Service {
             .collect();
         let name = self.name;
         let served = tokio::select! {
-            served = serve(listener, self.router, shutdown.clone(), self.limits, self.connections) => served,
+            served = serve(listener, self.router, shutdown.clone(), self.limits) => served,
             // Connections still open this long after shutdown (a client
             // that never lets go) are dropped rather than waited for.
             () = async {
@@ -295,85 +276,76 @@ impl Service {
 mod tests {
     use super::*;
 
-    /// The name of the thread that answers `GET path` on a listener
-    /// serving its connections as `connections` says.
-    async fn answered_on(connections: Connections, path: &str) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    fn thread() -> String {
+        std::thread::current().name().unwrap_or_default().to_owned()
+    }
+
+    /// Reads from `tcp` until what was read ends with `end`.
+    async fn read_until(tcp: &mut tokio::net::TcpStream, end: &str) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut read = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !read.ends_with(end.as_bytes()) {
+            let n = tcp.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&read));
+            read.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(read).expect("UTF-8")
+    }
+
+    /// On one keep-alive connection: a plain answer, then an event stream
+    /// whose later frames are written by the background threads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_connection_that_answers_with_an_event_stream_moves_to_the_background() {
+        use tokio::io::AsyncWriteExt;
+        let stream = || async {
+            let frames = futures_util::stream::unfold(0, |n| async move {
+                match n {
+                    0 => Some((Ok::<_, Infallible>("first;".to_owned()), 1)),
+                    1 => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Some((Ok(format!("<{}>", thread())), 2))
+                    }
+                    _ => None,
+                }
+            });
+            (
+                [(header::CONTENT_TYPE, "text/event-stream")],
+                axum::body::Body::from_stream(frames),
+            )
+        };
+        let app = Router::new()
+            .route(
+                "/plain",
+                axum::routing::get(|| async { format!("<{}>", thread()) }),
+            )
+            .route("/stream", axum::routing::get(stream));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
-        let thread = || async { std::thread::current().name().unwrap_or_default().to_owned() };
-        let app = Router::new()
-            .route("/posts", axum::routing::get(thread))
-            .route("/posts/live", axum::routing::get(thread))
-            .route("/posts/lively", axum::routing::get(thread));
         let shutdown = CancellationToken::new();
         let served = tokio::spawn(serve(
             listener,
             app,
             shutdown.clone(),
             ConnectionLimits::default(),
-            connections,
         ));
         let mut tcp = tokio::net::TcpStream::connect(address)
             .await
             .expect("connect");
-        tcp.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        tcp.write_all(b"GET /plain HTTP/1.1\r\nHost: t\r\n\r\n")
             .await
             .expect("request");
-        let mut answer = String::new();
-        tcp.read_to_string(&mut answer).await.expect("answer");
-        shutdown.cancel();
-        served.await.expect("joined").expect("stopped cleanly");
-        let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
-        assert!(head.starts_with("HTTP/1.0 200"), "{head}");
-        body.to_owned()
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn only_the_named_streams_are_served_by_the_background_threads() {
-        let live = Connections::BackgroundFor("/posts/live");
-        assert_eq!(answered_on(live, "/posts/live").await, "blog-background");
-        assert_eq!(
-            answered_on(live, "/posts/live?x=1").await,
-            "blog-background"
-        );
-        for path in ["/posts", "/posts/lively"] {
-            assert_ne!(answered_on(live, path).await, "blog-background", "{path}");
-        }
-        assert_ne!(
-            answered_on(Connections::Foreground, "/posts/live").await,
-            "blog-background"
-        );
-    }
-
-    /// A connection that never says what it wants is closed after the
-    /// header-read timeout, as a served one would be, and holds up neither
-    /// the listener nor the stop.
-    #[tokio::test(start_paused = true)]
-    async fn a_silent_connection_is_closed_before_it_is_placed() {
-        use tokio::io::AsyncReadExt;
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address");
-        let shutdown = CancellationToken::new();
-        let limits = ConnectionLimits {
-            max_connections: 1,
-            header_read_timeout: Duration::from_secs(2),
-        };
-        let served = tokio::spawn(serve(
-            listener,
-            Router::new(),
-            shutdown.clone(),
-            limits,
-            Connections::BackgroundFor("/posts/live"),
-        ));
-        let mut silent = tokio::net::TcpStream::connect(address)
+        let plain = read_until(&mut tcp, ">").await;
+        assert!(plain.starts_with("HTTP/1.1 200"), "{plain}");
+        assert!(!plain.contains("<blog-background>"), "{plain}");
+        tcp.write_all(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
             .await
-            .expect("connect");
-        let mut buf = [0u8; 1];
-        let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
-            .await
-            .expect("closed within the timeout");
-        assert_eq!(read.expect("a clean close"), 0);
+            .expect("request");
+        // Chunked: the last chunk is empty.
+        let streamed = read_until(&mut tcp, "0\r\n\r\n").await;
+        assert!(streamed.contains("first;"), "{streamed}");
+        assert!(streamed.contains("<blog-background>"), "{streamed}");
+        drop(tcp);
         shutdown.cancel();
         served.await.expect("joined").expect("stopped cleanly");
     }

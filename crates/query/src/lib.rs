@@ -18,7 +18,7 @@ use blog_bus::{
 use blog_kit::CancellationToken;
 use blog_kit::http::Routes;
 use blog_kit::openapi::Api;
-use blog_kit::serve::{Connections, Service};
+use blog_kit::serve::Service;
 use blog_storage::{Db, Migrations};
 
 pub use handler::Projector;
@@ -78,10 +78,6 @@ pub async fn build(config: &ServiceConfig, max_live_streams: usize) -> Result<Se
     };
     let router = blog_kit::http::finish(NAME, routes, &config.surface);
     let mut service = Service::new(NAME, router);
-    // A frame that wakes 2,000 live streams at once must not queue ahead of
-    // a write, a read, a probe or an event delivery, here or in a part
-    // sharing the process.
-    service.connections = Connections::BackgroundFor(LIVE_PATH);
     if announce == handler::Announce::ThroughDatabase {
         let (url, model) = (db.url().to_owned(), model_for_listener);
         service =

@@ -55,12 +55,12 @@ const GATHER: Duration = Duration::from_millis(50);
 /// ... and frames are spaced so that all the open streams together are
 /// written to at most this often per second: each write wakes a stream's
 /// connection and costs a system call, whatever it carries. With 2,000
-/// streams open that is a frame every 250 ms at most. Bytes are not the
+/// streams open that is a frame every 500 ms at most. Bytes are not the
 /// measure: what a frame carries grows with its window (as many changes
 /// arrive in a longer one), so spacing frames by their bytes only made them
 /// rarer and larger, until each was a burst that took the cores for a
 /// second; evenly spaced frames carry the same changes in small steps.
-const FAN_OUT_WRITES_PER_SECOND: u64 = 8_000;
+const FAN_OUT_WRITES_PER_SECOND: u64 = 4_000;
 /// The longest a change waits to go out.
 const LONGEST_GATHER: Duration = Duration::from_secs(10);
 
@@ -310,15 +310,15 @@ mod tests {
         // No frame yet, or few streams: the shortest window.
         assert_eq!(window(2000, None), GATHER);
         assert_eq!(window(100, Some(Duration::ZERO)), GATHER);
-        // 2,000 streams at 8,000 writes/s: a frame every 250 ms, whatever
+        // 2,000 streams at 4,000 writes/s: a frame every 500 ms, whatever
         // it carries.
         assert_eq!(
             window(2000, Some(Duration::ZERO)),
-            Duration::from_millis(250)
+            Duration::from_millis(500)
         );
         assert_eq!(
             window(2000, Some(Duration::from_millis(150))),
-            Duration::from_millis(100)
+            Duration::from_millis(350)
         );
         // Long after the last frame: the shortest window again.
         assert_eq!(window(2000, Some(Duration::from_secs(1))), GATHER);
