@@ -432,8 +432,10 @@ fn thread_policies(pid: u32) -> Vec<(String, u32)> {
 /// The binary serves live streams on threads of their own at the idle
 /// priority (`--live-priority`), so a frame's fan-out to many streams
 /// takes only what the rest leaves; everything else keeps its priority.
+/// (A stream through the gateway is open meanwhile.)
 #[tokio::test]
 async fn the_binary_serves_live_streams_at_the_idle_priority() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const SCHED_OTHER: u32 = 0;
     const SCHED_IDLE: u32 = 5;
     let dir = tempfile::tempdir().unwrap();
@@ -445,6 +447,20 @@ async fn the_binary_serves_live_streams_at_the_idle_priority() {
         json(&http, &format!("{query}/posts")).await.is_some()
     })
     .await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", ports.of(ServiceKind::Gateway)))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /posts/live HTTP/1.1\r\nHost: g\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&head).contains("event: snapshot") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the stream ended early");
+        head.extend_from_slice(&buf[..n]);
+    }
     let threads = thread_policies(up.child.id());
     let of = |name: &str| -> Vec<u32> {
         threads
