@@ -26,8 +26,6 @@ pub use model::ReadModel;
 
 pub const NAME: &str = "query";
 pub const DEFAULT_PORT: u16 = 4002;
-/// The live streams' path (server-sent events).
-pub const LIVE_PATH: &str = "/posts/live";
 
 static MIGRATIONS: Migrations = Migrations {
     sqlite: sqlx::migrate!("./migrations/sqlite"),

@@ -28,7 +28,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/posts", get(posts))
-        .route(crate::LIVE_PATH, get(live))
+        .route("/posts/live", get(live))
         .with_state(state)
 }
 
