@@ -1,10 +1,11 @@
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::{FromRequestParts, Path, State};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
 use blog_bus::{PUBLISH_WAIT, RelayState};
 use blog_events::{CommentCreated, Envelope, Event, Status};
 use blog_kit::error::JsonBody;
@@ -12,8 +13,14 @@ use blog_kit::{ApiError, Correlation, ErrorBody};
 use blog_storage::Db;
 use utoipa::{OpenApi, ToSchema};
 
-use crate::store::{self, Comment};
+use crate::store::{self, Comment, CommentsJson};
 use crate::{CommentContent, PostId};
+
+impl IntoResponse for CommentsJson {
+    fn into_response(self) -> Response {
+        ([(header::CONTENT_TYPE, "application/json")], self.0).into_response()
+    }
+}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -95,7 +102,7 @@ async fn create(
     PathPostId(post_id): PathPostId,
     Correlation(correlation): Correlation,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<Vec<Comment>>), ApiError> {
+) -> Result<(StatusCode, CommentsJson), ApiError> {
     let content = CommentContent::from_body(&body).map_err(|e| ApiError::Invalid(vec![e]))?;
     let id = uuid::Uuid::now_v7().to_string();
     let event = Envelope::new(Event::CommentCreated(CommentCreated {
@@ -109,7 +116,7 @@ async fn create(
     if let Some(seq) = written.outbox {
         relay.wait_published(&db, seq, PUBLISH_WAIT).await;
     }
-    Ok((StatusCode::CREATED, Json(written.value)))
+    Ok((StatusCode::CREATED, written.value))
 }
 
 /// `GET /posts/:id/comments` → the post's comments, `[]` when none.
@@ -127,8 +134,8 @@ async fn create(
 async fn list(
     State(AppState { db, .. }): State<AppState>,
     PathPostId(post_id): PathPostId,
-) -> Result<Json<Vec<Comment>>, ApiError> {
-    Ok(Json(store::list(&db, post_id.as_str()).await?))
+) -> Result<CommentsJson, ApiError> {
+    Ok(store::list(&db, post_id.as_str()).await?)
 }
 
 #[cfg(test)]

@@ -87,6 +87,58 @@ async fn query_keeps_creation_order_and_empty_posts_have_no_comments(engines: su
     system.shutdown().await;
 }
 
+engine_tests!(a_comments_answer_lists_its_post_exactly_as_written: sqlite_http, postgres_http);
+/// The comments service renders a post's list in the database (one value,
+/// not row by row): every comment is there, in creation order, with only
+/// the course's fields, and text that JSON must escape comes back as sent.
+async fn a_comments_answer_lists_its_post_exactly_as_written(engines: support::Engines) {
+    let system = TestSystem::spawn(engines).await;
+    let post = system.create_post("Escapes").await;
+    let other = system.create_post("Elsewhere").await;
+    let contents = [
+        "plain",
+        "a \"quote\", a back\\slash, a /slash",
+        "tab\there, new\nline, cr\r, é, 世界, 😀, <b>&amp;</b>",
+    ];
+    let url = format!(
+        "{}/posts/{post}/comments",
+        system.url(ServiceKind::Comments)
+    );
+    system.comment(&other, "not this post's").await;
+    let mut answered = json!(null);
+    for content in contents {
+        let answer = system.post(&url, &json!({ "content": content })).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{answer:?}");
+        answered = answer.body;
+    }
+    let listed = answered.as_array().expect("an array");
+    assert_eq!(listed.len(), contents.len(), "{answered}");
+    for (comment, content) in listed.iter().zip(contents) {
+        let mut fields: Vec<_> = comment
+            .as_object()
+            .expect("an object")
+            .keys()
+            .cloned()
+            .collect();
+        fields.sort();
+        assert_eq!(fields, ["content", "id", "status"], "{comment}");
+        assert_eq!(comment["content"], content);
+    }
+    // The new one pending; the others may be decided by now.
+    assert_eq!(listed[contents.len() - 1]["status"], "pending");
+    let got = system.get(&url).await;
+    assert_eq!(got.status, StatusCode::OK);
+    let ids = |list: &serde_json::Value| -> Vec<String> {
+        list.as_array()
+            .expect("an array")
+            .iter()
+            .map(|c| c["id"].as_str().expect("an id").to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&got.body), ids(&answered));
+    system.shutdown().await;
+}
+
 async fn futures_like_sequence(system: &TestSystem, titles: &[&str]) -> Vec<String> {
     let mut ids = Vec::new();
     for title in titles {
@@ -784,6 +836,22 @@ async fn a_live_stream_sends_a_changed_comment_alone_and_a_new_post_whole(
     let first = live.next().await;
     assert_eq!(first.name, "snapshot");
     assert_eq!(first.data[&post]["comments"].as_array().unwrap().len(), 10);
+    // Changes made before the stream opened may still be on their way, and
+    // gathered in one frame, most of the busy post's comments go whole with
+    // it. A post made now comes after all of them: once it is here, they are
+    // through.
+    let marker = system.create_post("Marker").await;
+    loop {
+        let event = live.next().await;
+        let here = match event.name.as_str() {
+            "post" => event.data["id"] == marker.as_str(),
+            "snapshot" => event.data.get(&marker).is_some(),
+            _ => false,
+        };
+        if here {
+            break;
+        }
+    }
 
     let comment = system.comment(&post, "short").await;
     // A new post, and a first comment on it: most of its comments changed,
