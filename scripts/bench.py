@@ -880,7 +880,7 @@ def m_streams(args, s):
     # grows little over the runs: the runs' writes cost about the same.
     ids, _ = seed_posts(s, 1000)
     wait_query(s, lambda p, c, d, b: p == 1000, args.timeout, "1,000 posts")
-    out = {"streams": args.streams}
+    out = {"streams": args.streams, "streams_via": args.streams_via}
     out["rss_before_mib"] = s.rss_mib()
     brief = lambda: wrk_brief(
         wrk(args, s.url("comments"), 2, 16, args.duration, "comments.lua", [ids_file(s, ids)]))
@@ -890,11 +890,11 @@ def m_streams(args, s):
     # streams kept, not data the writes added. One stream first, so that
     # what the first stream builds once (the snapshot, query's rendered
     # posts and page cache) counts before.
-    first = LiveReaders(s.ports["query"], 1)
+    first = LiveReaders(s.ports[args.streams_via], 1)
     settle(first)
     time.sleep(6)  # the allocator is looked at every 5 s
     out["rss_before_streams_mib"] = s.rss_mib()
-    readers = LiveReaders(s.ports["query"], args.streams)
+    readers = LiveReaders(s.ports[args.streams_via], args.streams)
     settle(readers)
     out["rss_streams_open_mib"] = s.rss_mib()
     readers.close()
@@ -910,7 +910,7 @@ def m_streams(args, s):
     out["bytes_read_by_streams"] = out["bytes_of_changes_read_by_streams"] = 0
     out["snapshots_resent_while_writing"] = 0
     for _ in range(args.stream_rounds):
-        readers = LiveReaders(s.ports["query"], args.streams)
+        readers = LiveReaders(s.ports[args.streams_via], args.streams)
         settle(readers)
         snapshots, snapshot_events = readers.bytes, readers.snapshots
         runs_with.append(brief())
@@ -945,7 +945,7 @@ def m_live(args, s):
     if errors:
         raise RuntimeError(f"{len(errors)} of {n} comments failed, first: {errors[0]}")
     wait_query(s, lambda p, c, d, b: c == n and d == n, args.timeout, f"{n} comments decided")
-    readers = LiveReaders(s.ports["query"], args.streams)
+    readers = LiveReaders(s.ports[args.streams_via], args.streams)
     settle(readers)
     snapshots = readers.bytes
     probe = UpdateProbe(args, s, post)
@@ -1087,6 +1087,9 @@ def main():
     ap.add_argument("--reads-posts", default="100,10000", help="post counts for the reads measure")
     ap.add_argument("--replay-events", type=int, default=100_000, help="at least this many events in the replayed log")
     ap.add_argument("--streams", type=int, default=2000, help="live streams open during the streams and live measures")
+    ap.add_argument("--streams-via", choices=["query", "gateway"], default="query",
+                    help="where the streams and live measures open their streams: on query (as an Ingress "
+                         "routes them) or through the gateway (as blog up's page does)")
     ap.add_argument("--stream-rounds", type=int, default=4,
                     help="streams measure: runs with streams open, each between two without")
     ap.add_argument("--live-comments", type=int, default=1000, help="comments on the live measure's post")
