@@ -744,8 +744,9 @@ def m_replay(args, s):
 
 
 # What a browser's EventSource asks for (a server that does not compress
-# ignores it).
-LIVE_REQUEST = b"GET /posts/live HTTP/1.1\r\nHost: bench\r\nAccept-Encoding: gzip, deflate, br\r\n\r\n"
+# ignores the encodings).
+LIVE_REQUEST = (b"GET /posts/live HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n"
+                b"Accept-Encoding: gzip, deflate, br\r\n\r\n")
 
 
 class LiveReaders:
