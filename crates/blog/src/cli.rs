@@ -33,8 +33,8 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
-/// How log lines are written (`--log-format`).
-/// See [`blog_kit::background::Priority`].
+/// The live streams' threads' priority (`--live-priority`); see
+/// [`blog_kit::background::Priority`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LivePriority {
     Idle,
@@ -50,6 +50,7 @@ impl From<LivePriority> for blog_kit::background::Priority {
     }
 }
 
+/// How log lines are written (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,

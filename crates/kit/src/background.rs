@@ -19,6 +19,7 @@ use std::num::NonZero;
 use std::sync::OnceLock;
 
 use tokio::runtime::{Builder, Handle, Runtime};
+use tokio_util::task::AbortOnDropHandle;
 
 /// How the background threads are scheduled against the rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -34,10 +35,10 @@ pub enum Priority {
 
 static PRIORITY: OnceLock<Priority> = OnceLock::new();
 
-/// Sets the background threads' priority. Takes effect only before the
-/// background runtime's first use; says whether it did.
-pub fn set_priority(priority: Priority) -> bool {
-    PRIORITY.set(priority).is_ok()
+/// Sets the background threads' priority, once, before the background
+/// runtime's first use; later calls change nothing.
+pub fn set_priority(priority: Priority) {
+    let _ = PRIORITY.set(priority);
 }
 
 static RUNTIME: OnceLock<Option<Runtime>> = OnceLock::new();
@@ -69,23 +70,12 @@ where
     let Some(runtime) = handle() else {
         return work.await;
     };
-    let task = runtime.spawn(work);
-    let stop = AbortOnDrop(task.abort_handle());
-    let done = task.await;
-    drop(stop);
-    match done {
+    match AbortOnDropHandle::new(runtime.spawn(work)).await {
         Ok(output) => output,
         // Only a panic ends it otherwise (the runtime lives as long as the
-        // process, and the abort is ours, made after this returns): pass it on.
+        // process, and the abort is ours, made only if this is dropped):
+        // pass it on.
         Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
-}
-
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

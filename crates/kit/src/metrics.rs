@@ -17,6 +17,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::task::AbortOnDropHandle;
 
 /// Request latency and pipeline latency buckets, in seconds: from a cached
 /// read to a stalled delivery.
@@ -127,24 +128,17 @@ async fn refresh_all() {
                 .collect()
         })
         .unwrap_or_default();
-    let mut inline = Vec::new();
-    let mut spawned = Vec::new();
-    for (refresh, runtime) in refreshers {
-        match runtime {
-            Some(runtime) => spawned.push(runtime.spawn(refresh())),
-            None => inline.push(refresh()),
-        }
-    }
-    let aborts: Vec<_> = spawned.iter().map(|task| task.abort_handle()).collect();
-    let all = futures_util::future::join(
-        futures_util::future::join_all(inline),
-        // A task's runtime shutting down cancels it: that gauge keeps its
-        // last value.
-        futures_util::future::join_all(spawned),
-    );
-    if tokio::time::timeout(REFRESH_LIMIT, all).await.is_err() {
-        aborts.iter().for_each(tokio::task::AbortHandle::abort);
-    }
+    // One registered outside any runtime runs on the scraper's. A task
+    // whose runtime shuts down is cancelled, and one still running at the
+    // limit is aborted (with its handle): that gauge keeps its last value.
+    let tasks: Vec<_> = refreshers
+        .into_iter()
+        .map(|(refresh, runtime)| {
+            let runtime = runtime.unwrap_or_else(tokio::runtime::Handle::current);
+            AbortOnDropHandle::new(runtime.spawn(refresh()))
+        })
+        .collect();
+    let _ = tokio::time::timeout(REFRESH_LIMIT, futures_util::future::join_all(tasks)).await;
 }
 
 /// `GET /metrics`: every family of this process, in Prometheus text format.

@@ -92,31 +92,29 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let streaming = Arc::new(Notify::new());
         let service = noting_streams(app.clone(), streaming.clone());
-        let connection = Box::pin(
+        let mut connection = Box::pin(
             graceful
                 .watch(http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))),
         );
         tokio::spawn(async move {
-            let mut connection = connection;
             tokio::select! {
-                _ = &mut connection => {}
-                () = streaming.notified() => match crate::background::handle() {
-                    // The socket stays registered with this runtime, whose
-                    // threads only see to it when it was full or the peer
-                    // sends: writing the frames is done over there.
-                    Some(background) => {
-                        drop(background.spawn(async move {
-                            let _ = connection.await;
-                            drop(permit);
-                        }));
-                        return;
-                    }
-                    None => {
-                        let _ = connection.await;
-                    }
-                },
+                _ = &mut connection => {
+                    drop(permit);
+                    return;
+                }
+                () = streaming.notified() => {}
             }
-            drop(permit);
+            let rest = async move {
+                let _ = connection.await;
+                drop(permit);
+            };
+            // The socket stays registered with this runtime, whose threads
+            // only see to it when it was full or the peer sends: writing the
+            // frames is done over there.
+            match crate::background::handle() {
+                Some(background) => drop(background.spawn(rest)),
+                None => rest.await,
+            }
         });
     }
     drop(listener);
